@@ -51,8 +51,11 @@ class NetInputError(BadInputError, ValueError):
     """A tensor passed to a network has the wrong shape or conditioning is missing.
 
     Both a :class:`~meddiffcore.errors.BadInputError` (for the CLI and worker) and a
-    ``ValueError`` (for plain Python callers).
+    ``ValueError`` (for plain Python callers). Reads as one sentence: "problem; fix".
     """
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 def _is_int(v: Any) -> bool:
