@@ -1,0 +1,53 @@
+"""What every job-running command shares: options, the reporter, running the job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..jobs import Job, run_job
+from ..progress import JsonLinesReporter, Reporter, SilentReporter, TerminalReporter
+
+
+def add_job_options(parser: argparse.ArgumentParser, *, seed: bool = True, model: bool = True) -> None:
+    """--device, --progress, and optionally --seed and --model."""
+    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                        help="bar: a terminal progress bar; json: the engine's JSON-lines events on stdout")
+    if seed:
+        parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible result")
+    if model:
+        parser.add_argument("--model", default=None, help="model name (see `meddiff models list`) or path to a .safetensors/.json pair")
+    parser.add_argument("--save-job", metavar="JOB.json", default=None,
+                        help="write the job file instead of running it (run later with `meddiff run` or the engine worker)")
+
+
+def reporter_for(progress: str) -> Reporter:
+    if progress == "json":
+        return JsonLinesReporter(sys.stdout)
+    if progress == "none":
+        return SilentReporter()
+    return TerminalReporter(sys.stderr)
+
+
+def execute(job: Job, args: argparse.Namespace) -> int:
+    """Run ``job`` in this process with the reporter chosen by --progress (or save it with --save-job)."""
+    if getattr(args, "save_job", None):
+        Path(args.save_job).write_text(job.to_json(), encoding="utf-8")
+        print(f"wrote job {args.save_job}", file=sys.stderr)
+        return 0
+    return run_job(job, reporter_for(args.progress))
+
+
+def parse_params(items: list[str]) -> dict:
+    """``key=value`` pairs (values parsed as JSON when they can be) into a dict."""
+    params = {}
+    for item in items or []:
+        key, _, raw = item.partition("=")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params

@@ -1,0 +1,53 @@
+"""``meddiff generate``: new volumes from a generative model, whatever its task.
+
+The model card says which task made the model (``uncond``, ``wdm``, ``sr``...);
+the command runs that task's ``generate`` job.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import MedDiffError
+from .common import add_job_options, execute, parse_params
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("generate", help="generate new volumes or images from a generative model")
+    parser.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd, .mha); with --samples K > 1, _01.._K is added")
+    parser.add_argument("--samples", type=int, default=1, help="how many to generate")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
+    parser.add_argument("--sampler", default=None, help="ancestral, ddim, dpmpp_2m, euler, heun (default: the model card's)")
+    parser.add_argument("--condition", default=None, help="condition volume, for conditional models")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel spacing in mm of the output")
+    parser.add_argument("--preview", default=None, help="also write a PNG preview here")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra task parameter (repeatable)")
+    add_job_options(parser)
+    parser.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ..jobs import Job
+    from ..models import find_model, ModelCard
+    from .common import reporter_for
+
+    try:
+        if not args.model:
+            from ..errors import ConfigError
+
+            raise ConfigError("generate needs --model", "pick one from `meddiff models list`")
+        card = ModelCard.from_json_file(find_model(args.model).card_path)
+    except MedDiffError as error:
+        reporter_for(args.progress).error(error)
+        return error.exit_status
+    params = {"samples": args.samples, **parse_params(args.param)}
+    for key in ("steps", "sampler", "spacing"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    outputs = {"volume": args.out}
+    if args.preview:
+        outputs["preview"] = args.preview
+    inputs = {"condition": args.condition} if args.condition else {}
+    job = Job(task=f"{card.task}.generate", inputs=inputs, outputs=outputs, model=args.model, params=params,
+              device=args.device, seed=args.seed)
+    return execute(job, args)

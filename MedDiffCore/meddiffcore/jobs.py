@@ -1,0 +1,96 @@
+"""Jobs: one unit of work (synthesize, inpaint, reconstruct, generate) described as data.
+
+A job is what the Slicer module writes to ``JOB.json`` for the engine process,
+and what each CLI command builds from its arguments, so the GUI and the terminal
+run exactly the same code. A job names its inputs and outputs by path, the
+model, the device and task parameters. Runners are looked up by name and
+imported only when needed, so the engine starts fast and imports no task it
+does not run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import from_dict, to_dict
+from .devices import translate_out_of_memory
+from .errors import ConfigError, ErrorCode, MedDiffError
+from .progress import Reporter
+
+#: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
+JOB_RUNNERS: dict[str, str] = {
+    "uncond.generate": "meddiffcore.tasks.uncond:run_generate",
+}
+
+
+@dataclass
+class Job:
+    """A job file: what to run, on which files, with which model and settings."""
+
+    task: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    seed: int | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Job":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"job file '{path}' does not exist", "check the path passed to the worker") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"job file '{path}' is not valid JSON: {exc}", "write the job as one JSON object") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"job file '{path}' must hold a JSON object", "see the job format in the README")
+        return from_dict(cls, data, where="job")
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2)
+
+    def output_paths(self) -> list[Path]:
+        return [Path(p) for p in self.outputs.values() if p]
+
+
+def runner_for(task: str) -> Callable[[Job, Reporter], dict[str, str]]:
+    if task not in JOB_RUNNERS:
+        raise ConfigError(f"unknown job task '{task}'", f"known tasks: {', '.join(sorted(JOB_RUNNERS))}")
+    module_name, func_name = JOB_RUNNERS[task].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def run_job(job: Job, reporter: Reporter) -> int:
+    """Run a job, reporting every outcome as an event; return the process exit status."""
+    try:
+        runner = runner_for(job.task)
+        reporter.started(job.task, model=job.model, device=job.device)
+        with translate_out_of_memory(f"job '{job.task}'"):
+            outputs = runner(job, reporter)
+        reporter.done({k: str(v) for k, v in outputs.items()})
+        return 0
+    except MedDiffError as error:
+        reporter.error(error)
+        return error.exit_status
+    except KeyboardInterrupt:
+        from .errors import CancelledError
+
+        error = CancelledError("the job was cancelled", "nothing was written; run it again when ready")
+        reporter.error(error)
+        return error.exit_status
+    except Exception as exc:  # a bug: say so plainly, with the traceback in the log
+        reporter.log(traceback.format_exc(), level="debug")
+        error = MedDiffError(
+            f"internal error in '{job.task}': {type(exc).__name__}: {exc}",
+            "this is a bug in MedDiff; please report it with the job file and this message",
+            code=ErrorCode.INTERNAL,
+        )
+        reporter.error(error)
+        return error.exit_status
