@@ -1,0 +1,41 @@
+"""Volume and sequence I/O with exact geometry, and atomic file output.
+
+``Volume.array`` is (z, y, x) like Slicer's ``arrayFromVolume`` and SimpleITK's
+``GetArrayFromImage``; ``Volume.ijk_to_ras`` is Slicer's IJK-to-RAS matrix.
+"""
+
+from .atomic import atomic_output, atomic_outputs
+from .formats import (
+    SEQUENCE_EXTENSIONS,
+    VOLUME_EXTENSIONS,
+    VOLUME_WRITE_EXTENSIONS,
+    read_sequence,
+    read_volume,
+    sequence_format,
+    volume_format,
+    write_sequence,
+    write_volume,
+)
+from .volume import RAS_TO_LPS, Sequence, Volume, check_finite
+
+#: All extensions this package reads (volumes and sequences).
+SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(VOLUME_EXTENSIONS + SEQUENCE_EXTENSIONS))
+
+__all__ = [
+    "Volume",
+    "Sequence",
+    "read_volume",
+    "write_volume",
+    "read_sequence",
+    "write_sequence",
+    "atomic_output",
+    "atomic_outputs",
+    "check_finite",
+    "volume_format",
+    "sequence_format",
+    "VOLUME_EXTENSIONS",
+    "VOLUME_WRITE_EXTENSIONS",
+    "SEQUENCE_EXTENSIONS",
+    "SUPPORTED_EXTENSIONS",
+    "RAS_TO_LPS",
+]

@@ -1,0 +1,674 @@
+"""Reading and writing volumes and sequences: NIfTI, NRRD, MetaImage, DICOM, Slicer ``.seq.nrrd``.
+
+Geometry is kept exact: NIfTI sform/qform is RAS, NRRD says its space
+(LPS/RAS/LAS) and is converted, MetaImage and DICOM (through SimpleITK) are
+LPS. All writes are atomic (see :mod:`meddiffcore.io.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+
+from meddiffcore.errors import BadInputError, MedDiffError
+
+from . import nrrd as _nrrd
+from .atomic import atomic_output, atomic_outputs, split_extension
+from .volume import RAS_TO_LPS, Sequence, Volume, check_finite
+
+__all__ = [
+    "read_volume",
+    "write_volume",
+    "read_sequence",
+    "write_sequence",
+    "volume_format",
+    "sequence_format",
+    "VOLUME_EXTENSIONS",
+    "VOLUME_WRITE_EXTENSIONS",
+    "SEQUENCE_EXTENSIONS",
+]
+
+#: Extensions read_volume understands (plus a DICOM folder or a DICOM file).
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+#: Extensions write_volume can write.
+VOLUME_WRITE_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Extensions read_sequence / write_sequence understand.
+SEQUENCE_EXTENSIONS = (".seq.nrrd", ".seq.nhdr", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+
+_FORMAT_BY_EXT = {
+    ".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".seq.nrrd": "nrrd",
+    ".seq.nhdr": "nrrd", ".mha": "metaimage", ".mhd": "metaimage", ".dcm": "dicom", ".dicom": "dicom",
+    ".ima": "dicom",
+}
+
+_TRUNCATED_HINT = "re-export or re-copy the file"
+_CORRUPT_HINT = "check that the file is complete and really is in the format its extension says; re-export it"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _ext(path: Path) -> str:
+    name = path.name.lower()
+    for ext in sorted(_FORMAT_BY_EXT, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return split_extension(name)[1]
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def volume_format(path: str | os.PathLike) -> str:
+    """The format read_volume would use for ``path``: 'nifti', 'nrrd', 'metaimage' or 'dicom'.
+
+    A folder is a DICOM series; a file without a known extension is sniffed for
+    the DICOM preamble. Raises :class:`BadInputError` for anything else.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return "dicom"
+    fmt = _FORMAT_BY_EXT.get(_ext(p))
+    if fmt is not None:
+        return fmt
+    if p.is_file() and _is_dicom_file(p):
+        return "dicom"
+    raise BadInputError(
+        f"cannot read '{p.name}': unknown volume format '{_ext(p) or p.name}'",
+        f"use one of {', '.join(VOLUME_EXTENSIONS)}, or a folder holding one DICOM series",
+    )
+
+
+def sequence_format(path: str | os.PathLike) -> str:
+    """The format read_sequence would use for ``path``: 'nrrd' or 'nifti'."""
+    p = Path(path)
+    fmt = _FORMAT_BY_EXT.get(_ext(p))
+    if fmt not in ("nrrd", "nifti"):
+        raise BadInputError(
+            f"cannot read '{p.name}' as a sequence: unknown sequence format '{_ext(p) or p.name}'",
+            f"use one of {', '.join(SEQUENCE_EXTENSIONS)}",
+        )
+    return fmt
+
+
+def _check_exists(p: Path, allow_dir: bool = False) -> None:
+    if p.is_dir():
+        if allow_dir:
+            return
+        raise BadInputError(f"cannot read '{p}': it is a folder, not a file", "give the path of a file")
+    if not p.exists():
+        raise BadInputError(f"cannot read '{p}': no such file", "check the path and the current folder")
+
+
+_TRUNC_PATTERNS = re.compile(
+    r"ended before|end-of-stream|unexpected end|truncat|ends early|too short|smaller than|"
+    r"expected \d+ bytes|cannot reshape|buffer is too small|premature|eof|not enough|mmap length|"
+    r"size of file|file size|incomplete|short read|requested \d+ bytes",
+    re.IGNORECASE,
+)
+
+
+def _read_error(p: Path, exc: BaseException) -> BadInputError:
+    """Turn a library exception into a user-facing BadInputError."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (EOFError, _nrrd.NrrdTruncatedError)) or _TRUNC_PATTERNS.search(str(exc)):
+        return BadInputError(f"cannot read '{p.name}': the file ends early (truncated download?)", _TRUNCATED_HINT)
+    if isinstance(exc, PermissionError):
+        return BadInputError(f"cannot read '{p.name}': permission denied", "check the file permissions")
+    return BadInputError(f"cannot read '{p.name}': the file is corrupt or not a valid {_ext(p) or 'volume'} "
+                         f"file ({msg[:200]})", _CORRUPT_HINT)
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.byteorder not in ("=", "|"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+def _writable_array(arr: np.ndarray, allowed: tuple) -> np.ndarray:
+    """Convert dtypes a format lacks to the nearest one it has (bool->uint8, float16->float32)."""
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    if arr.dtype.newbyteorder("=") not in allowed:
+        raise BadInputError(f"cannot write dtype {arr.dtype} in this format",
+                            "convert the array to int16, float32 or another common type")
+    return _native(arr)
+
+
+def _prepare_write(path: str | os.PathLike, allowed_exts: tuple, what: str) -> tuple[Path, str]:
+    p = Path(path)
+    ext = _ext(p)
+    if ext not in allowed_exts:
+        raise BadInputError(
+            f"cannot write '{p.name}': unknown {what} format '{ext or p.name}'",
+            f"use one of {', '.join(allowed_exts)}",
+        )
+    if not p.parent.is_dir():
+        raise BadInputError(f"cannot write '{p}': the folder '{p.parent}' does not exist",
+                            "create the output folder first")
+    if p.is_dir():
+        raise BadInputError(f"cannot write '{p}': a folder with that name exists", "choose another file name")
+    return p, ext
+
+
+def _write_error(p: Path, exc: OSError) -> BadInputError:
+    return BadInputError(f"cannot write '{p}': {exc.strerror or exc}",
+                         "check free disk space and write permission for the output folder")
+
+
+_INT_FLOAT = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
+                                          np.int64, np.uint64, np.float32, np.float64))
+
+
+# --------------------------------------------------------------------------------------------- NRRD geometry
+
+_SPACES = {
+    "right-anterior-superior": np.eye(3), "ras": np.eye(3),
+    "left-posterior-superior": np.diag([-1.0, -1.0, 1.0]), "lps": np.diag([-1.0, -1.0, 1.0]),
+    "left-anterior-superior": np.diag([-1.0, 1.0, 1.0]), "las": np.diag([-1.0, 1.0, 1.0]),
+}
+
+
+def _nrrd_geometry(n: _nrrd.NrrdData) -> tuple[np.ndarray, list[int], list[int]]:
+    """(ijk_to_ras, spatial NRRD axes, other NRRD axes) of a parsed NRRD header."""
+    dim = len(n.sizes)
+    space = n.fields.get("space", "").strip().lower()
+    if space and space not in _SPACES:
+        raise _nrrd.NrrdError(f"unsupported NRRD space {n.fields['space']!r}")
+    to_ras = _SPACES.get(space, _SPACES["lps"])  # no 'space' field: ITK/Slicer take the vectors as LPS
+    kinds = [k.lower() for k in (n.per_axis("kinds") or ["domain"] * dim)]
+    directions = n.fields.get("space directions")
+    if directions is not None:
+        items = _nrrd.split_vectors(directions)
+        if len(items) != dim:
+            raise _nrrd.NrrdError(f"'space directions' has {len(items)} entries for {dim} axes")
+        vecs = [_nrrd.parse_vector(t) for t in items]
+        spatial = [a for a, v in enumerate(vecs) if v is not None]
+        mats = [np.asarray(vecs[a], dtype=np.float64) for a in spatial]
+        if any(m.shape != (3,) for m in mats):
+            raise _nrrd.NrrdError("only 3D space directions are supported")
+    else:
+        spatial = [a for a in range(dim) if kinds[a] in ("domain", "space")] if "kinds" in n.fields \
+            else list(range(dim))
+        spacings = n.per_axis("spacings")
+        mats = []
+        for idx, a in enumerate(spatial):
+            s = float(spacings[a]) if spacings and spacings[a].lower() != "nan" else 1.0
+            e = np.zeros(3)
+            if idx < 3:
+                e[idx] = s
+            mats.append(e)
+    others = [a for a in range(dim) if a not in spatial]
+    origin = np.zeros(3)
+    if "space origin" in n.fields:
+        o = _nrrd.parse_vector(n.fields["space origin"])
+        if o is None or len(o) != 3:
+            raise _nrrd.NrrdError("bad 'space origin'")
+        origin = np.asarray(o, dtype=np.float64)
+    m = np.eye(4)
+    if len(spatial) == 3:
+        m[:3, :3] = to_ras @ np.column_stack(mats)
+    m[:3, 3] = to_ras @ origin
+    return m, spatial, others
+
+
+def _shape_error(shape: tuple) -> BadInputError:
+    return BadInputError(
+        f"expected a 3D volume, got shape {tuple(shape)} (a 2D slice or a 4D sequence?)",
+        "pass a single 3D volume; read 4D data with read_sequence",
+    )
+
+
+def _read_nrrd_any(p: Path) -> tuple[np.ndarray, np.ndarray, _nrrd.NrrdData, list[int]]:
+    """(array with spatial axes as (k, j, i) and other axes FIRST, ijk_to_ras, header, other axes)."""
+    try:
+        n = _nrrd.read_nrrd(p)
+        m, spatial, others = _nrrd_geometry(n)
+    except (_nrrd.NrrdError, OSError, ValueError, EOFError, zlib.error) as exc:
+        raise _read_error(p, exc) from None
+    data = n.data
+    if len(spatial) != 3:
+        raise _shape_error(data.shape)
+    # numpy axis of NRRD axis a is dim-1-a; put non-spatial axes first, spatial as (k, j, i)
+    dim = data.ndim
+    order = [dim - 1 - a for a in others] + [dim - 1 - a for a in sorted(spatial, reverse=True)]
+    if order != list(range(dim)):
+        data = np.ascontiguousarray(np.transpose(data, order))
+    # spatial axes must be in increasing NRRD order for i, j, k
+    return data, m, n, others
+
+
+def _read_nrrd_volume(p: Path) -> Volume:
+    data, m, n, others = _read_nrrd_any(p)
+    if data.ndim != 3:
+        if all(data.shape[i] == 1 for i in range(len(others))):
+            data = data.reshape(data.shape[len(others):])
+        else:
+            raise _shape_error(data.shape)
+    md = {"format": "nrrd", "path": str(p), "nrrd_space": n.fields.get("space", "")}
+    if n.keyvalues:
+        md["nrrd_keyvalues"] = dict(n.keyvalues)
+    return Volume(data, m, md)
+
+
+def _nrrd_direction_fields(m: np.ndarray, space: str) -> dict[str, str]:
+    lin = m[:3, :3] if space == "right-anterior-superior" else (RAS_TO_LPS @ m)[:3, :3]
+    org = m[:3, 3] if space == "right-anterior-superior" else (RAS_TO_LPS @ m)[:3, 3]
+    return {
+        "space": space,
+        "space directions": " ".join(_nrrd.format_vector(lin[:, c]) for c in range(3)),
+        "kinds": "domain domain domain",
+        "space origin": _nrrd.format_vector(org),
+    }
+
+
+def _write_nrrd_file(p: Path, ext: str, arr: np.ndarray, fields: dict, keyvalues: dict, compress: bool) -> None:
+    encoding = "gzip" if compress else "raw"
+    try:
+        if ext.endswith(".nhdr"):
+            stem = split_extension(p.name)[0]
+            data_name = stem + (".raw.gz" if compress else ".raw")
+            with atomic_outputs([p.with_name(data_name), p]) as tmpdir:
+                _nrrd.write_nrrd(tmpdir / p.name, arr, fields, keyvalues, encoding, data_path=data_name)
+        else:
+            with atomic_output(p) as tmp:
+                _nrrd.write_nrrd(tmp, arr, fields, keyvalues, encoding)
+    except OSError as exc:
+        raise _write_error(p, exc) from None
+
+
+# --------------------------------------------------------------------------------------------- NIfTI
+
+
+_TIME_UNIT_SCALE = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
+def _load_nifti(p: Path):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p), mmap=False)
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except MedDiffError:
+        raise
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise _read_error(p, exc) from None
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise BadInputError(f"cannot read '{p.name}': the header has no valid orientation",
+                            _CORRUPT_HINT)
+    return img, _native(np.asarray(data)), affine
+
+
+def _nifti_array_to_zyx(data: np.ndarray) -> np.ndarray:
+    # nibabel: data[i, j, k, (t)] -> ours [(t), k, j, i]
+    return np.ascontiguousarray(data.T)
+
+
+def _read_nifti_volume(p: Path) -> Volume:
+    img, data, affine = _load_nifti(p)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise _shape_error(_nifti_array_to_zyx(data).shape if data.ndim <= 4 else data.shape)
+    md = {"format": "nifti", "path": str(p)}
+    return Volume(_nifti_array_to_zyx(data), affine, md)
+
+
+def _nifti_image(arr_zyx: np.ndarray, m: np.ndarray, dtype):
+    import nibabel as nib
+
+    data = arr_zyx.T  # (x, y, z[, t]); a free view
+    img = nib.Nifti1Image(data, m)
+    img.set_data_dtype(dtype)
+    img.set_sform(m, code=1)  # scanner
+    img.set_qform(m, code=1)  # the closest rigid+scale matrix; exact for non-sheared grids
+    img.header["scl_slope"] = 1.0
+    img.header["scl_inter"] = 0.0
+    return img
+
+
+def _save_nifti(img, p: Path) -> None:
+    import nibabel as nib
+
+    try:
+        with atomic_output(p) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as exc:
+        raise _write_error(p, exc) from None
+
+
+# --------------------------------------------------------------------------------------------- SimpleITK
+
+
+def _sitk_to_volume(img, md: dict) -> Volume:
+    import SimpleITK as sitk
+
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise BadInputError(
+            f"cannot read '{Path(md.get('path', '?')).name}': it has {img.GetNumberOfComponentsPerPixel()} "
+            "components per voxel (colour or vector image)",
+            "convert it to a single-component (scalar) volume",
+        )
+    arr = _native(sitk.GetArrayFromImage(img))
+    if img.GetDimension() != 3:
+        raise _shape_error(arr.shape)
+    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    sp = np.array(img.GetSpacing(), dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = d * sp[None, :]
+    m[:3, 3] = img.GetOrigin()
+    return Volume.from_ijk_to_lps(arr, m, md)
+
+
+def _volume_to_sitk(vol: Volume, arr: np.ndarray):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    m = vol.ijk_to_lps
+    img.SetSpacing([float(s) for s in vol.spacing])
+    img.SetOrigin([float(x) for x in m[:3, 3]])
+    img.SetDirection([float(x) for x in vol.direction_lps.ravel()])
+    return img
+
+
+def _read_metaimage(p: Path) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        raise _read_error(p, exc) from None
+    return _sitk_to_volume(img, {"format": "metaimage", "path": str(p)})
+
+
+def _write_metaimage(vol: Volume, p: Path, ext: str, compress: bool) -> None:
+    import SimpleITK as sitk
+
+    arr = _writable_array(vol.array, _INT_FLOAT)
+    img = _volume_to_sitk(vol, arr)
+    try:
+        if ext == ".mhd":
+            stem = split_extension(p.name)[0]
+            data_name = stem + (".zraw" if compress else ".raw")
+            with atomic_outputs([p.with_name(data_name), p]) as tmpdir:
+                sitk.WriteImage(img, str(tmpdir / p.name), compress)
+        else:
+            with atomic_output(p) as tmp:
+                sitk.WriteImage(img, str(tmp), compress)
+    except OSError as exc:
+        raise _write_error(p, exc) from None
+    except RuntimeError as exc:
+        raise BadInputError(f"cannot write '{p}': {str(exc).strip().splitlines()[-1][:200]}",
+                            "check free disk space and write permission for the output folder") from None
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+
+
+def _read_dicom(p: Path, series_uid: str | None) -> Volume:
+    import SimpleITK as sitk
+
+    folder = p if p.is_dir() else p.parent
+    if series_uid is None and p.is_file():
+        try:
+            fr = sitk.ImageFileReader()
+            fr.SetFileName(str(p))
+            fr.ReadImageInformation()
+            if fr.HasMetaDataKey("0020|000e"):
+                series_uid = fr.GetMetaData("0020|000e").strip()
+        except RuntimeError as exc:
+            raise _read_error(p, exc) from None
+    reader = sitk.ImageSeriesReader()
+    try:
+        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as exc:
+        raise _read_error(p, exc) from None
+    if not uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series found in the folder",
+                            "point at a folder that holds the DICOM files of one series")
+    if series_uid is None:
+        if len(uids) > 1:
+            raise BadInputError(
+                f"cannot read '{p}': the folder holds {len(uids)} DICOM series ({', '.join(uids)})",
+                "pass series_uid=... or put each series in its own folder",
+            )
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
+                            f"use one of: {', '.join(uids)}")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise _read_error(p, exc) from None
+    md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files)}
+    return _sitk_to_volume(img, md)
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read a 3D volume from .nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd, or a DICOM series.
+
+    ``path`` may be a folder holding one DICOM series (or several, with
+    ``series_uid``), or one DICOM file (its whole series is read). Data keep the
+    file's dtype (in native byte order). 4D files with a single frame are read
+    as 3D; other 4D files raise (use :func:`read_sequence`).
+
+    Raises :class:`BadInputError` for a missing path, unknown extension,
+    truncated or corrupt file, or data that is not one 3D scalar volume.
+    """
+    p = Path(path)
+    _check_exists(p, allow_dir=True)
+    fmt = volume_format(p)
+    if fmt == "nifti":
+        return _read_nifti_volume(p)
+    if fmt == "nrrd":
+        return _read_nrrd_volume(p)
+    if fmt == "metaimage":
+        return _read_metaimage(p)
+    return _read_dicom(p, series_uid)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``volume`` atomically to .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd; return the path.
+
+    The dtype is kept (bool is written as uint8, float16 as float32). NRRD is
+    written in LPS space like Slicer does; ``compress`` selects gzip for NRRD
+    and MetaImage (NIfTI compression follows the extension). ``.nhdr`` writes a
+    detached ``<name>.raw[.gz]`` next to it, ``.mhd`` a ``<name>.raw``/``.zraw``.
+    """
+    if not isinstance(volume, Volume):
+        raise BadInputError(f"write_volume needs a Volume, got {type(volume).__name__}",
+                            "wrap the array with Volume(...) or Volume.from_spacing(...)")
+    p, ext = _prepare_write(path, VOLUME_WRITE_EXTENSIONS, "volume")
+    if ext in (".nii", ".nii.gz"):
+        arr = _writable_array(volume.array, _INT_FLOAT)
+        _save_nifti(_nifti_image(arr, volume.ijk_to_ras, arr.dtype), p)
+    elif ext in (".nrrd", ".nhdr"):
+        arr = _writable_array(volume.array, _INT_FLOAT)
+        fields = _nrrd_direction_fields(volume.ijk_to_ras, "left-posterior-superior")
+        _write_nrrd_file(p, ext, arr, fields, {}, compress)
+    else:
+        _write_metaimage(volume, p, ext, compress)
+    return p
+
+
+# ---- sequences
+
+_SEQ_DATA_NODE_CLASS = "vtkMRMLScalarVolumeNode"
+
+
+def _times_from_index(values: list[str], index_type: str, unit: str, md: dict) -> np.ndarray | None:
+    if index_type and index_type.lower() != "numeric":
+        return None
+    try:
+        t = np.array([float(unquote(v)) for v in values], dtype=np.float64)
+    except ValueError:
+        return None
+    scale = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "": 1.0,
+             "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6, "min": 60.0}.get(unit.lower())
+    if scale is None:
+        md["index_values_unit"] = unit
+        return t
+    return t * scale
+
+
+def _read_nrrd_sequence(p: Path) -> Sequence:
+    data, m, n, others = _read_nrrd_any(p)
+    md: dict = {"format": "nrrd", "path": str(p), "nrrd_space": n.fields.get("space", "")}
+    if data.ndim == 3:
+        return Sequence(data[None], m, None, md)
+    if len(others) != 1:
+        raise BadInputError(f"cannot read '{p.name}' as a sequence: it has {len(others)} non-spatial axes "
+                            f"(shape {data.shape})", "a sequence has exactly one list (time) axis")
+    axis = others[0]
+    kinds = n.per_axis("kinds")
+    if kinds and kinds[axis].lower() not in ("list", "domain", "time", "space"):
+        raise BadInputError(
+            f"cannot read '{p.name}' as a sequence: axis {axis} is a '{kinds[axis]}' axis "
+            "(vector, colour or tensor data)",
+            "convert it to a scalar volume sequence",
+        )
+    labels = n.per_axis("labels") or []
+    units = n.per_axis("units") or []
+    kv = dict(n.keyvalues)
+    index_name = labels[axis] if axis < len(labels) and labels[axis] else kv.pop(f"axis {axis} quantity", "")
+    index_unit = units[axis] if axis < len(units) and units[axis] else kv.pop(f"axis {axis} unit", "")
+    index_type = kv.pop(f"axis {axis} index type", "numeric")
+    raw_values = kv.pop(f"axis {axis} index values", None)
+    kv.pop(f"axis {axis} quantity", None)
+    kv.pop(f"axis {axis} unit", None)
+    n_frames = data.shape[0]
+    times = None
+    if raw_values is not None:
+        values = raw_values.split()
+        if len(values) != n_frames:
+            raise BadInputError(
+                f"cannot read '{p.name}': it has {n_frames} frames but {len(values)} index values",
+                _CORRUPT_HINT)
+        md["index_values"] = [unquote(v) for v in values]
+        times = _times_from_index(values, index_type, index_unit, md)
+    md.update(index_name=index_name or "frame", index_unit=index_unit, index_type=index_type)
+    if kv:
+        md["nrrd_keyvalues"] = kv
+    return Sequence(data, m, times, md)
+
+
+def _read_nifti_sequence(p: Path) -> Sequence:
+    img, data, affine = _load_nifti(p)
+    while data.ndim > 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    md: dict = {"format": "nifti", "path": str(p)}
+    if data.ndim == 3:
+        return Sequence(_nifti_array_to_zyx(data)[None], affine, None, md)
+    if data.ndim != 4:
+        raise BadInputError(f"cannot read '{p.name}' as a sequence: it has {data.ndim} dimensions "
+                            f"(shape {data.shape})", "a sequence is 4D (x, y, z, t)")
+    n_frames = data.shape[3]
+    hdr = img.header
+    dt = float(hdr["pixdim"][4])
+    toffset = float(hdr["toffset"]) if "toffset" in hdr else 0.0
+    t_unit = hdr.get_xyzt_units()[1]
+    if t_unit in _TIME_UNIT_SCALE or t_unit == "unknown":
+        scale = _TIME_UNIT_SCALE.get(t_unit, 1.0)
+        if t_unit == "unknown":
+            md["time_unit_assumed"] = "sec"
+        if not np.isfinite(dt) or dt <= 0:
+            md["time_step_missing"] = True
+            dt, scale = 1.0, 1.0
+        times = (toffset + dt * np.arange(n_frames)) * scale
+    else:
+        md["index_values_unit"] = t_unit
+        times = toffset + (dt if np.isfinite(dt) and dt > 0 else 1.0) * np.arange(n_frames, dtype=np.float64)
+    return Sequence(_nifti_array_to_zyx(data), affine, times, md)
+
+
+def read_sequence(path: str | os.PathLike) -> Sequence:
+    """Read a 4D sequence from Slicer's .seq.nrrd (any 4D NRRD with one list axis) or 4D NIfTI.
+
+    Times come from the ``axis N index values`` of a .seq.nrrd (unit from the
+    axis ``units``; ms converted to s) or from NIfTI ``pixdim[4]``/``toffset``
+    and ``xyzt_units``. A 3D file gives a one-frame sequence.
+    """
+    p = Path(path)
+    _check_exists(p)
+    fmt = sequence_format(p)
+    if fmt == "nifti":
+        return _read_nifti_sequence(p)
+    return _read_nrrd_sequence(p)
+
+
+def write_sequence(seq: Sequence, path: str | os.PathLike, *, compress: bool = True,
+                   list_axis: str = "last") -> Path:
+    """Write ``seq`` atomically as a Slicer volume sequence (.seq.nrrd/.nrrd/.nhdr) or 4D NIfTI.
+
+    NRRD output matches what Slicer's vtkMRMLVolumeSequenceStorageNode writes:
+    LPS space, ``kinds: domain domain domain list`` with the list axis LAST
+    (``list_axis="first"`` writes the older Slicer <= 5.8 layout, list axis
+    first), ``labels``/``units`` "time"/"s" on the list axis and the custom
+    fields ``axis N index type:=numeric`` / ``axis N index values:=t0 t1 ...``
+    (seconds). NIfTI needs evenly spaced times: it stores ``pixdim[4]`` (the
+    step), ``toffset`` (the first time) and ``xyzt_units`` mm/sec.
+    """
+    if not isinstance(seq, Sequence):
+        raise BadInputError(f"write_sequence needs a Sequence, got {type(seq).__name__}",
+                            "build one with Sequence(...) or Sequence.from_volumes(...)")
+    p, ext = _prepare_write(path, SEQUENCE_EXTENSIONS, "sequence")
+    times = check_finite(seq.times_s, "times_s")
+    arr = _writable_array(seq.array, _INT_FLOAT)
+    if ext in (".nii", ".nii.gz"):
+        n = len(times)
+        dt = float(times[1] - times[0]) if n > 1 else 0.0
+        if n > 1 and not np.allclose(np.diff(times), dt, rtol=1e-6, atol=1e-9):
+            raise BadInputError(
+                f"cannot write '{p.name}': NIfTI needs evenly spaced frame times, got {times.tolist()[:8]}",
+                "write a .seq.nrrd instead, which stores each frame's time",
+            )
+        if n > 1 and dt <= 0:
+            raise BadInputError(f"cannot write '{p.name}': frame times must increase for NIfTI",
+                                "sort the frames by time or write a .seq.nrrd")
+        img = _nifti_image(arr, seq.ijk_to_ras, arr.dtype)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = dt
+        img.header["toffset"] = float(times[0])
+        _save_nifti(img, p)
+        return p
+    if list_axis not in ("first", "last"):
+        raise BadInputError(f"list_axis must be 'first' or 'last', got {list_axis!r}", "use 'last' (Slicer >= 5.9)")
+    geo = _nrrd_direction_fields(seq.ijk_to_ras, "left-posterior-superior")
+    values = " ".join(repr(float(t)) for t in times)  # shortest exact text: 0.0 0.5 1.0
+    index_name = str(seq.metadata.get("index_name") or "time")
+    if list_axis == "last":
+        a = 3
+        data = arr  # (t, k, j, i): NRRD axes i, j, k, t
+        fields = {"space": geo["space"], "space directions": geo["space directions"] + " none",
+                  "kinds": "domain domain domain list", "labels": f'"" "" "" "{index_name}"',
+                  "units": '"" "" "" "s"', "space origin": geo["space origin"]}
+    else:
+        a = 0
+        data = np.ascontiguousarray(np.moveaxis(arr, 0, -1))  # (k, j, i, t): NRRD axes t, i, j, k
+        fields = {"space": geo["space"], "space directions": "none " + geo["space directions"],
+                  "kinds": "list domain domain domain", "labels": f'"{index_name}" "" "" ""',
+                  "units": '"s" "" "" ""', "space origin": geo["space origin"]}
+    keyvalues = {"DataNodeClassName": str(seq.metadata.get("data_node_class", _SEQ_DATA_NODE_CLASS)),
+                 f"axis {a} index type": "numeric", f"axis {a} index values": values}
+    _write_nrrd_file(p, ext, data, fields, keyvalues, compress)
+    return p
