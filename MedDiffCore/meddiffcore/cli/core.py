@@ -9,7 +9,7 @@ import sys
 from ..errors import MedDiffError
 
 
-def register(subparsers) -> None:
+def register(subparsers, groups) -> None:
     info = subparsers.add_parser("info", help="versions, devices, GPU memory and model folders")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=_info)

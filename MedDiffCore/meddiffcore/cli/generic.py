@@ -12,7 +12,7 @@ from ..errors import MedDiffError
 from .common import add_job_options, execute, parse_params
 
 
-def register(subparsers) -> None:
+def register(subparsers, groups) -> None:
     parser = subparsers.add_parser("generate", help="generate new volumes or images from a generative model")
     parser.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd, .mha); with --samples K > 1, _01.._K is added")
     parser.add_argument("--samples", type=int, default=1, help="how many to generate")
