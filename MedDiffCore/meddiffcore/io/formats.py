@@ -122,7 +122,11 @@ _TRUNC_PATTERNS = re.compile(
 def _read_error(p: Path, exc: BaseException) -> BadInputError:
     """Turn a library exception into a user-facing BadInputError."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, (EOFError, _nrrd.NrrdTruncatedError)) or _TRUNC_PATTERNS.search(str(exc)):
+    # match the library's words, not the file names it quotes (a folder may be called 'truncated')
+    words = re.sub(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*", " ", str(exc))
+    truncated = isinstance(exc, (EOFError, _nrrd.NrrdTruncatedError)) or (
+        not isinstance(exc, _nrrd.NrrdError) and _TRUNC_PATTERNS.search(words))
+    if truncated:
         return BadInputError(f"cannot read '{p.name}': the file ends early (truncated download?)", _TRUNCATED_HINT)
     if isinstance(exc, PermissionError):
         return BadInputError(f"cannot read '{p.name}': permission denied", "check the file permissions")
@@ -386,13 +390,60 @@ def _volume_to_sitk(vol: Volume, arr: np.ndarray):
     return img
 
 
+_MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _metaimage_truncated(p: Path) -> bool:
+    """True if a MetaImage header promises more data bytes than the data file holds."""
+    try:
+        with open(p, "rb") as f:
+            header: dict[str, str] = {}
+            while True:
+                line = f.readline(4096)
+                if not line:
+                    return False
+                key, sep, value = line.decode("latin-1").partition("=")
+                if not sep:
+                    return False
+                header[key.strip()] = value.strip()
+                if key.strip() == "ElementDataFile":
+                    break
+            data_file = header["ElementDataFile"]
+            if data_file == "LOCAL":
+                available = p.stat().st_size - f.tell()
+            else:
+                dp = p.parent / data_file
+                if not dp.is_file():
+                    return False
+                available = dp.stat().st_size
+        if header.get("CompressedData", "False").lower() == "true":
+            expected = int(header["CompressedDataSize"]) if "CompressedDataSize" in header else 0
+        else:
+            count = int(np.prod([int(x) for x in header["DimSize"].split()], dtype=np.int64))
+            expected = count * _MET_SIZES[header["ElementType"]] * int(header.get("ElementNumberOfChannels", "1"))
+        return available < expected
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _sitk_error_text(exc: RuntimeError) -> str:
+    """The useful line of an ITK exception ('ITK ERROR: ...' without object addresses)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\):\s*", "", ln) for ln in lines[1:]] or lines
+    return " ".join(useful)
+
+
 def _read_metaimage(p: Path) -> Volume:
     import SimpleITK as sitk
 
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
-        raise _read_error(p, exc) from None
+        if _metaimage_truncated(p):
+            raise _read_error(p, EOFError()) from None
+        raise _read_error(p, RuntimeError(_sitk_error_text(exc))) from None
     return _sitk_to_volume(img, {"format": "metaimage", "path": str(p)})
 
 
