@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -335,7 +336,7 @@ def test_dicom_pydicom_ct_small(tmp_path):
     src = get_testdata_file("CT_small.dcm")
     ds = pydicom.dcmread(src)
     (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "IMG0001").write_bytes(open(src, "rb").read())
+    (tmp_path / "one" / "IMG0001").write_bytes(Path(src).read_bytes())
     assert volume_format(tmp_path / "one" / "IMG0001") == "dicom"  # sniffed, no extension
     v = read_volume(tmp_path / "one")
     assert v.shape == (1, ds.Rows, ds.Columns)

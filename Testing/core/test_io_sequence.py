@@ -197,7 +197,8 @@ def test_failed_sequence_write_leaves_nothing(tmp_path, monkeypatch):
     import meddiffcore.io.formats as fmt
 
     def fail(path, *a, **k):
-        open(path, "wb").write(b"NRRD0004\n")
+        with open(path, "wb") as f:
+            f.write(b"NRRD0004\n")
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(fmt._nrrd, "write_nrrd", fail)
