@@ -348,7 +348,7 @@ def write_nrrd(
     keyvalues: dict[str, str] | None = None,
     encoding: str = "gzip",
     data_path: str | os.PathLike | None = None,
-    compresslevel: int = 6,
+    compresslevel: int = 1,
 ) -> None:
     """Write ``data`` (numpy C order: NRRD axis 0 is the LAST numpy axis) to ``path``.
 
@@ -385,15 +385,25 @@ def write_nrrd(
     lines += [f"{k}: {allf[k]}" for k in order]
     lines += [f"{_escape(k)}:={_escape(v)}" for k, v in (keyvalues or {}).items()]
     header = ("\n".join(lines) + "\n").encode("latin-1")
-    payload = np.ascontiguousarray(arr, dtype=dt.newbyteorder("<")).tobytes()
-    if encoding == "gzip":
-        payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
+    payload = np.ascontiguousarray(arr, dtype=dt.newbyteorder("<"))
     if data_path is None:
         with open(path, "wb") as f:
             f.write(header + b"\n")
-            f.write(payload)
+            _write_payload(f, payload, encoding, compresslevel)
     else:
         with open(data_file, "wb") as f:
-            f.write(payload)
+            _write_payload(f, payload, encoding, compresslevel)
         with open(path, "wb") as f:
             f.write(header)
+
+
+def _write_payload(f, payload: np.ndarray, encoding: str, compresslevel: int, chunk: int = 1 << 24) -> None:
+    """Stream the array bytes (raw or gzip) in chunks: no second full-size copy in memory."""
+    flat = memoryview(payload.reshape(-1).view(np.uint8))
+    if encoding == "gzip":
+        with gzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
+            for start in range(0, len(flat), chunk):
+                gz.write(flat[start:start + chunk])
+    else:
+        for start in range(0, len(flat), chunk):
+            f.write(flat[start:start + chunk])
