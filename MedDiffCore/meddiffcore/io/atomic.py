@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["atomic_output", "atomic_outputs", "split_extension", "temp_name_for"]
+__all__ = ["atomic_output", "atomic_outputs", "remove_stale_temporaries", "split_extension", "temp_name_for"]
 
 #: Multi-part extensions kept whole at the end of temporary names.
 COMPOUND_EXTENSIONS = (
@@ -155,3 +155,26 @@ def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[Path]:
         raise
     _remove_quietly(tmpdir)
     _fsync_dir(parent)
+
+
+def remove_stale_temporaries(path: str | os.PathLike, pid: int | None = None) -> list[Path]:
+    """Remove the temporary files and folders that writes of ``path`` by process ``pid`` left behind.
+
+    Used when a process must exit without unwinding (a cancelled engine job past
+    its grace period): the context managers above cannot clean up then, but
+    their temporary names are predictable. Numbered siblings written for several
+    samples (``out_01.nii.gz`` for ``out.nii.gz``) are included. ``pid=None``
+    removes those of any process.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stem, _ = split_extension(target.name)
+    marker = f".tmp-{'' if pid is None else f'{pid}-'}"
+    removed = []
+    for candidate in target.parent.iterdir():
+        name = candidate.name
+        if name.startswith(f".{stem}") and marker in name[len(stem) + 1:]:
+            _remove_quietly(candidate)
+            removed.append(candidate)
+    return removed

@@ -86,11 +86,22 @@ def ema_decay_at(step: int, cfg: TrainConfig) -> float:
     return min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def _batches(dataset, cfg: TrainConfig, ctx: DistributedContext, generator_seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches; each rank sees its own shard of every epoch."""
+def batches_per_epoch(dataset, cfg: TrainConfig, ctx: DistributedContext) -> int:
+    per_rank = math.ceil(len(dataset) / ctx.world_size)
+    return max(1, per_rank // cfg.batch_size if per_rank >= cfg.batch_size else 1)
+
+
+def _batches(dataset, cfg: TrainConfig, ctx: DistributedContext, generator_seed: int,
+             start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches; each rank sees its own shard of every epoch.
+
+    The order depends only on the seed and the epoch, so a run resumed at
+    ``start_step`` sees exactly the batches an uninterrupted run would have.
+    """
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-    epoch = 0
+    per_epoch = batches_per_epoch(dataset, cfg, ctx)
+    epoch, skip = divmod(start_step, per_epoch)
     while True:
         if ctx.enabled:
             sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=generator_seed)
@@ -99,11 +110,14 @@ def _batches(dataset, cfg: TrainConfig, ctx: DistributedContext, generator_seed:
             gen = torch.Generator().manual_seed(generator_seed + epoch)
             sampler = RandomSampler(dataset, generator=gen)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            drop_last=len(dataset) >= cfg.batch_size * ctx.world_size)
+                            drop_last=math.ceil(len(dataset) / ctx.world_size) >= cfg.batch_size)
         yielded = False
-        for batch in loader:
+        for index, batch in enumerate(loader):
             yielded = True
+            if index < skip:
+                continue
             yield batch
+        skip = 0
         if not yielded:
             raise ConfigError(f"the training set has {len(dataset)} items, fewer than one batch", "add data or lower train.batch_size")
         epoch += 1
@@ -159,6 +173,8 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         step = int(meta["step"])
         if meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
+        if "rng_state" in meta:
+            torch.set_rng_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
         for _ in range(step):
             scheduler.step()
         reporter.log(f"resumed from step {step} in {out_dir}")
@@ -166,9 +182,7 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
         if ctx.enabled else net
     dataset = task.build_dataset(config)
-    batches = _batches(dataset, cfg, ctx, cfg.seed)
-    for _ in range(step % max(1, math.ceil(len(dataset) / (cfg.batch_size * ctx.world_size)))):
-        next(batches)  # keep the data order of an uninterrupted run on resume (within the epoch)
+    batches = _batches(dataset, cfg, ctx, cfg.seed, start_step=step)
 
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +226,7 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         if ctx.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             save_state(out_dir, net=net, ema=ema, optimizer=optimizer,
                        scaler_state=scaler.state_dict() if scaler.is_enabled() else None, step=step,
-                       extra={"task": task.name})
+                       extra={"task": task.name, "rng_state": torch.get_rng_state().tolist()})
 
     if not ctx.is_main:
         return None

@@ -1,0 +1,114 @@
+"""The engine process speaks JSON lines, cancels within 2 s, and never leaves a partial output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_module
+from meddiffcore.errors import EXIT_STATUS, ErrorCode
+from meddiffcore.io import read_volume
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def _job(tmp_path, model, **overrides) -> str:
+    job = {"task": "uncond.generate", "model": model, "outputs": {"volume": str(tmp_path / "out.nii.gz")},
+           "params": {"steps": 4, "sampler": "dpmpp_2m", "spacing": [0.8, 0.8, 2.0]}, "device": "cpu", "seed": 3}
+    job.update(overrides)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    return str(path)
+
+
+def test_job_runs_and_reports_started_progress_done(tmp_path, meddiff_home, tiny_uncond_model):
+    result = run_module("meddiffcore.worker", _job(tmp_path, tiny_uncond_model), env_home=meddiff_home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = _events(result.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "done"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and all(e["total"] == 4 for e in progress)
+    assert progress[-1]["eta_s"] is not None and progress[-1]["phase"] == "sampling"
+    volume = read_volume(events[-1]["outputs"]["volume"])
+    assert volume.shape == (8, 16, 16)
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.0))
+
+
+def test_same_seed_same_result(tmp_path, meddiff_home, tiny_uncond_model):
+    first = tmp_path / "a"
+    second = tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        assert run_module("meddiffcore.worker", _job(folder, tiny_uncond_model), env_home=meddiff_home).returncode == 0
+    assert (read_volume(first / "out.nii.gz").array == read_volume(second / "out.nii.gz").array).all()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cancel_within_two_seconds_leaves_no_output(tmp_path, meddiff_home, tiny_uncond_model, sig):
+    job = _job(tmp_path, tiny_uncond_model, params={"steps": 1000, "sampler": "ancestral"})
+    env = dict(os.environ, MEDDIFF_HOME=str(meddiff_home))
+    proc = subprocess.Popen([sys.executable, "-m", "meddiffcore.worker", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    for line in proc.stdout:  # wait until sampling is under way
+        if json.loads(line)["event"] == "progress":
+            break
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=10)
+    elapsed = time.monotonic() - sent
+    assert elapsed < 2.0, f"cancel took {elapsed:.2f} s"
+    assert proc.returncode == EXIT_STATUS[ErrorCode.CANCELLED] == 130
+    assert _events(rest)[-1]["code"] == "CANCELLED"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json", "meddiff_home"]  # no output, no temporary file
+
+
+def test_missing_model_is_a_model_error(tmp_path, meddiff_home):
+    result = run_module("meddiffcore.worker", _job(tmp_path, "no-such-model"), env_home=meddiff_home)
+    assert result.returncode == 5
+    error = _events(result.stdout)[-1]
+    assert error["event"] == "error" and error["code"] == "MODEL" and "no-such-model" in error["message"] and error["hint"]
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_tampered_model_is_refused_before_use(tmp_path, meddiff_home, tiny_uncond_model):
+    weights = meddiff_home / "models" / "tiny-uncond.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    result = run_module("meddiffcore.worker", _job(tmp_path, tiny_uncond_model), env_home=meddiff_home)
+    assert result.returncode == 5 and "do not match" in _events(result.stdout)[-1]["message"]
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"task": "nope"}', "unknown job task"),
+                                              ('{"task": "uncond.generate", "colour": 1}', "unknown key 'colour'")])
+def test_bad_job_files(tmp_path, meddiff_home, content, message):
+    path = tmp_path / "job.json"
+    path.write_text(content)
+    result = run_module("meddiffcore.worker", str(path), env_home=meddiff_home)
+    assert result.returncode == 4
+    assert message in _events(result.stdout)[-1]["message"]
+
+
+def test_cli_runs_the_same_job_with_json_progress(tmp_path, meddiff_home, tiny_uncond_model):
+    out = tmp_path / "gen.nrrd"
+    result = run_module("meddiffcore.cli", "generate", "--model", tiny_uncond_model, "--out", str(out), "--samples", "2",
+                        "--steps", "3", "--device", "cpu", "--seed", "1", "--progress", "json", "--preview", str(tmp_path / "p.png"),
+                        env_home=meddiff_home)
+    assert result.returncode == 0, result.stderr
+    done = _events(result.stdout)[-1]
+    assert set(done["outputs"]) == {"volume_1", "volume_2", "preview"}
+    assert (tmp_path / "gen_01.nrrd").is_file() and (tmp_path / "gen_02.nrrd").is_file() and (tmp_path / "p.png").is_file()
+
+
+def test_info_json(meddiff_home):
+    result = run_module("meddiffcore.cli", "info", "--json", env_home=meddiff_home)
+    report = json.loads(result.stdout)
+    assert report["meddiff_home"] == str(meddiff_home) and "torch" in report and report["cuda_available"] in (True, False)
