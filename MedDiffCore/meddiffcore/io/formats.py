@@ -706,7 +706,7 @@ def write_sequence(seq: Sequence, path: str | os.PathLike, *, compress: bool = T
         raise BadInputError(f"list_axis must be 'first' or 'last', got {list_axis!r}", "use 'last' (Slicer >= 5.9)")
     geo = _nrrd_direction_fields(seq.ijk_to_ras, "left-posterior-superior")
     values = " ".join(repr(float(t)) for t in times)  # shortest exact text: 0.0 0.5 1.0
-    index_name = str(seq.metadata.get("index_name") or "time")
+    index_name = "time"  # times_s is always seconds, so the index is always time
     if list_axis == "last":
         a = 3
         data = arr  # (t, k, j, i): NRRD axes i, j, k, t
