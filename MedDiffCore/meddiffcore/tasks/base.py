@@ -20,6 +20,7 @@ from ..models import ModelCard
 #: Task name -> "module:attribute" of an object implementing :class:`TrainableTask`.
 TRAINABLE_TASKS: dict[str, str] = {
     "uncond": "meddiffcore.tasks.uncond:TASK",
+    "ctca": "meddiffcore.tasks.ctca.train:TASK",
 }
 
 

@@ -1,0 +1,86 @@
+"""Training sets of the CTCA task: items are ``{"x": (1, D, H, W), "segmap": (C, D, H, W)}`` tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ...errors import ConfigError
+from .config import CTCAConfig, hu_to_model
+from .model import condition
+
+
+def low_resolution_reference(ct_hu: np.ndarray, factor: float) -> np.ndarray:
+    """What the LR stage sees of a CT: averaged down by ``factor`` and linearly back up, in [-1, 1]."""
+    if factor <= 1.0:
+        return hu_to_model(ct_hu)
+    small = ndimage.zoom(ndimage.uniform_filter(ct_hu.astype(np.float32), size=int(round(factor))), 1.0 / factor, order=1)
+    back = ndimage.zoom(small, np.array(ct_hu.shape) / np.array(small.shape), order=1)
+    return hu_to_model(back[tuple(slice(0, n) for n in ct_hu.shape)])
+
+
+class CTCADataset(torch.utils.data.Dataset):
+    """Phantoms (cached as .npz when ``data.folder`` is set) or a prepared folder, with random crops."""
+
+    def __init__(self, config: CTCAConfig) -> None:
+        self.config = config
+        data = config.data
+        if data.source == "folder":
+            folder = Path(data.folder)
+            self.items = sorted((folder / "labels").glob("*.nii*"))
+            if not self.items:
+                raise ConfigError(f"training folder '{folder}' has no labels/*.nii.gz", "write it with `meddiff prepare ctca`")
+        else:
+            self.items = list(range(data.first_seed, data.first_seed + data.num_phantoms))
+        self._memory: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def volume(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels uint8, ct int16 HU) of item ``index`` on the training grid."""
+        if index in self._memory:
+            return self._memory[index]
+        data = self.config.data
+        if data.source == "folder":
+            from ...io import read_volume
+
+            label_path = self.items[index]
+            image_path = label_path.parent.parent / "images" / label_path.name
+            labels, ct = read_volume(label_path).array.astype(np.uint8), read_volume(image_path).array.astype(np.int16)
+        else:
+            seed = self.items[index]
+            cache = Path(data.folder) / f"phantom_{seed:06d}_{'x'.join(map(str, data.shape))}_{data.spacing_mm:g}mm.npz" \
+                if data.folder else None
+            if cache is not None and cache.is_file():
+                with np.load(cache) as f:
+                    labels, ct = f["labels"], f["ct"]
+            else:
+                from .phantom import make_phantom
+
+                ph = make_phantom(seed, data.shape, data.spacing_mm)
+                labels, ct = ph.labels.array, ph.ct.array
+                if cache is not None:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cache.with_suffix(".tmp.npz")
+                    np.savez_compressed(tmp, labels=labels, ct=ct)
+                    tmp.replace(cache)
+        self._memory[index] = (labels, ct)
+        return labels, ct
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        labels, ct = self.volume(index)
+        reference = None
+        if cfg.stage == "patch":
+            reference = low_resolution_reference(ct, cfg.data.reference_spacing_mm / cfg.data.spacing_mm)
+        segmap = condition(labels, cfg.stage, reference)
+        x = torch.as_tensor(hu_to_model(ct))[None]
+        if cfg.data.crop is not None:
+            starts = [int(torch.randint(0, n - c + 1, ()).item()) for n, c in zip(x.shape[1:], cfg.data.crop)]
+            region = (slice(None),) + tuple(slice(s, s + c) for s, c in zip(starts, cfg.data.crop))
+            x, segmap = x[region], segmap[region]
+        return {"x": x.contiguous(), "segmap": segmap.contiguous()}

@@ -1,0 +1,146 @@
+"""The CTCA network (SDM-style UNet), its conditioning, and loading a model from its card.
+
+Conditioning is one SPADE map (B, C, D, H, W) on the network's grid:
+
+* channels 0-8: the one-hot label map (``labels.LABELS``);
+* patch stage only: channel 9 the low-resolution synthetic CT (in [-1, 1]) resampled
+  onto the same grid (so every patch's reference is voxel-aligned by
+  construction), then 3 position channels (z, y, x of the voxel in the whole
+  high-resolution grid, in [-1, 1]).
+
+The unconditional branch of classifier-free guidance zeroes the labels and the
+reference (the first ``droppable_channels``) and keeps the positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import to_dict
+from ...diffusion import ClassifierFreeGuidance, NoiseSchedule, VPDenoiser
+from ...errors import ModelError
+from ...models import ModelCard, load_model
+from ...nets import UNet, UNetConfig
+from .config import HU_WINDOW, CTCAConfig
+from .labels import NUM_CLASSES, label_table, one_hot
+
+TASK = "ctca"
+
+
+def cond_channels(stage: str) -> int:
+    return NUM_CLASSES + (4 if stage == "patch" else 0)
+
+
+def droppable_channels(stage: str) -> int:
+    """Channels zeroed for the unconditional branch (labels, and the reference for the patch stage)."""
+    return NUM_CLASSES + (1 if stage == "patch" else 0)
+
+
+def position_channels(shape: tuple[int, int, int]) -> torch.Tensor:
+    """(3, D, H, W) voxel coordinates (z, y, x) in [-1, 1] across the whole grid."""
+    axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def condition(labels_zyx: np.ndarray, stage: str, reference: np.ndarray | None = None) -> torch.Tensor:
+    """(C, D, H, W) SPADE map of one volume: one-hot labels (+ reference + positions for the patch stage)."""
+    parts = [one_hot(labels_zyx)]
+    if stage == "patch":
+        if reference is None or reference.shape != labels_zyx.shape:
+            raise ValueError("the patch stage needs a reference on the label grid")
+        parts += [torch.as_tensor(np.asarray(reference, dtype=np.float32))[None], position_channels(labels_zyx.shape)]
+    return torch.cat(parts)
+
+
+def drop_condition(segmap: torch.Tensor, stage: str) -> torch.Tensor:
+    """The unconditional SPADE map: labels (and reference) zeroed, positions kept."""
+    out = segmap.clone()
+    out[:, : droppable_channels(stage)] = 0
+    return out
+
+
+def build_network(config: CTCAConfig) -> UNet:
+    net_cfg = config.network
+    want = cond_channels(config.stage)
+    if net_cfg.spade_channels != want or net_cfg.out_channels != 2 or net_cfg.in_channels != 1:
+        from ...errors import ConfigError
+
+        raise ConfigError(
+            f"network of a '{config.stage}' CTCA model needs in_channels 1, out_channels 2 (learned variance) and "
+            f"spade_channels {want}, got {net_cfg.in_channels}, {net_cfg.out_channels}, {net_cfg.spade_channels}",
+            "fix the [network] section")
+    return UNet(net_cfg)
+
+
+def schedule_of(config: CTCAConfig) -> NoiseSchedule:
+    return NoiseSchedule(kind=config.diffusion.schedule, num_timesteps=config.diffusion.num_timesteps)
+
+
+def model_card(config: CTCAConfig) -> ModelCard:
+    d = config.diffusion
+    return ModelCard(
+        name=config.name,
+        task=TASK,
+        description=("CTCA synthesis: coronary + heart label map -> contrast-enhanced cardiac CT "
+                     f"({config.stage} stage, {'x'.join(map(str, config.data.shape))} at {config.data.spacing_mm} mm)"),
+        network=config.network.to_dict(),
+        diffusion={"schedule": schedule_of(config).to_dict(), "prediction": "eps", "learned_variance": True,
+                   "loss": "hybrid", "vb_weight": d.vb_weight, "cond_drop_prob": d.cond_drop_prob,
+                   "sampler": d.sampler, "steps": d.steps, "guidance": d.guidance},
+        task_config={"stage": config.stage, "labels": label_table(), "hu_window": list(HU_WINDOW),
+                     "spacing_mm": config.data.spacing_mm, "shape": list(config.data.shape),
+                     "crop": None if config.data.crop is None else list(config.data.crop),
+                     "reference_spacing_mm": config.data.reference_spacing_mm if config.stage == "patch" else None,
+                     "data": to_dict(config.data)},
+    )
+
+
+@dataclass
+class CTCAModel:
+    """A loaded model: the card, the EMA network in eval mode, and what sampling needs."""
+
+    card: ModelCard
+    net: UNet
+    schedule: NoiseSchedule
+    stage: str
+    spacing_mm: float
+    shape: tuple[int, int, int]
+    hu_window: tuple[float, float]
+
+    @property
+    def fov_mm(self) -> np.ndarray:
+        return np.array(self.shape, dtype=np.float64) * self.spacing_mm
+
+    def denoiser(self, guidance: float) -> ClassifierFreeGuidance:
+        """The guided denoiser ``D(x, sigma, segmap=...)``; ``guidance`` is applied as given (see ClassifierFreeGuidance)."""
+        base = VPDenoiser(self.net, self.schedule, prediction="eps", learned_variance=True)
+        stage = self.stage
+        return ClassifierFreeGuidance(base, guidance, {"segmap": lambda s: drop_condition(s, stage)})
+
+
+def load_ctca_model(ref: str, device: torch.device | str = "cpu") -> CTCAModel:
+    """Verify and load a CTCA model by name or path (card + safetensors)."""
+    card, tensors = load_model(ref, task=TASK, device="cpu")
+    try:
+        net_cfg = UNetConfig.from_dict(card.network)
+        tc: dict[str, Any] = card.task_config
+        stage = tc["stage"]
+        if tc.get("labels") != label_table():
+            raise ModelError(f"model '{card.name}' was trained with another label table", "use a CTCA model of this version")
+        net = UNet(net_cfg)
+        net.load_state_dict(tensors)
+        schedule = NoiseSchedule.from_dict(card.diffusion["schedule"])
+        model = CTCAModel(card, net.to(device).eval().requires_grad_(False), schedule, stage, float(tc["spacing_mm"]),
+                          tuple(int(n) for n in tc["shape"]), tuple(float(v) for v in tc["hu_window"]))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model '{card.name}' cannot be built from its card: {exc}", "re-export it with this MedDiff version") from exc
+    if net_cfg.spade_channels != cond_channels(stage):
+        raise ModelError(f"model '{card.name}' has {net_cfg.spade_channels} condition channels, a '{stage}' model needs "
+                         f"{cond_channels(stage)}", "re-export the model")
+    return model
