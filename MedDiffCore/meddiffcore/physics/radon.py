@@ -31,36 +31,39 @@ def detector_count(n: int, circle: bool) -> int:
     return n if circle else int(math.ceil(math.sqrt(2) * n))
 
 
-def _system_matrix(n: int, angles_deg: np.ndarray, det: int, supersample: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """COO entries of the (n_angles * det, n * n) projection matrix.
+def _system_matrix_t(n: int, angles_deg: np.ndarray, det: int, supersample: int = 2):
+    """The transposed projection matrix (n * n, n_angles * det) as scipy CSR.
 
-    Each pixel is split into ``supersample^2`` sub-pixels, each splatted onto the two
-    nearest detector bins with linear weights: a cheap approximation of the pixel's
-    footprint that avoids the aliasing of a plain pixel-driven projector.
+    Each pixel is split into ``supersample^2`` sub-pixels, each spread onto the
+    detector with linear-interpolation (hat) weights: a cheap approximation of the
+    pixel's footprint that avoids the aliasing of a plain pixel-driven projector.
+    A pixel touches at most 4 consecutive bins per angle, so the weights are built
+    densely as (pixels, angles, 4) and never need de-duplication.
     """
+    import scipy.sparse as sp
+
     c = n // 2
     idx = np.arange(n, dtype=np.float64) - c
     yy, xx = np.meshgrid(idx, idx, indexing="ij")  # row = y, col = x
+    theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    ct, st = np.cos(theta), np.sin(theta)
+    # scikit-image rotates the image, then sums rows: at 0 deg the detector runs along the columns.
+    base = xx.reshape(-1, 1) * ct - yy.reshape(-1, 1) * st + det // 2  # (P, A)
+    b0 = np.floor(base) - 1
+    weights = np.zeros(base.shape + (4,), dtype=np.float64)
     subs = (np.arange(supersample) + 0.5) / supersample - 0.5
-    pix = np.arange(n * n, dtype=np.int64)
-    w_sub = 1.0 / supersample**2
-    rows, cols, vals = [], [], []
-    for a, theta in enumerate(np.deg2rad(angles_deg)):
-        ct, st = math.cos(theta), math.sin(theta)
-        # scikit-image rotates the image, then sums rows: at 0 deg the detector runs along the columns.
-        base = xx.ravel() * ct - yy.ravel() * st + det // 2
-        for dy in subs:
-            for dx in subs:
-                u = base + dx * ct - dy * st
-                u0 = np.floor(u)
-                f = u - u0
-                for off, w in ((0, 1.0 - f), (1, f)):
-                    bins = u0.astype(np.int64) + off
-                    ok = (bins >= 0) & (bins < det) & (w > 0)
-                    rows.append(a * det + bins[ok])
-                    cols.append(pix[ok])
-                    vals.append(w[ok] * w_sub)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    for dy in subs:
+        for dx in subs:
+            u = base + dx * ct - dy * st - b0  # in [0.6, 2.4): position relative to slot 0
+            for slot in range(4):
+                weights[..., slot] += np.clip(1.0 - np.abs(u - slot), 0.0, None)
+    weights /= supersample**2
+    bins = b0[..., None] + np.arange(4)
+    ok = (weights > 0) & (bins >= 0) & (bins < det)
+    cols = (np.arange(len(theta)).reshape(1, -1, 1) * det + bins).astype(np.int64)
+    counts = ok.reshape(n * n, -1).sum(1)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return sp.csr_matrix((weights[ok], cols[ok], indptr), shape=(n * n, len(theta) * det))
 
 
 class _Project(torch.autograd.Function):
@@ -108,15 +111,19 @@ class ParallelBeam:
     def _matrices(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = (str(device), dtype)
         if key not in self._mats:
-            r, c, v = _system_matrix(self.size, np.asarray(self.angles_deg), self.detectors)
-            shape = (self.n_angles * self.detectors, self.size * self.size)
-            idx = torch.from_numpy(np.stack([r, c]))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                coo = torch.sparse_coo_tensor(idx, torch.from_numpy(v).to(dtype), shape).coalesce()
-                mat = coo.to_sparse_csr().to(device)
-                mat_t = coo.t().coalesce().to_sparse_csr().to(device)
-            self._mats[key] = (mat, mat_t)
+            import scipy.sparse as sp
+
+            csr_t = _system_matrix_t(self.size, np.asarray(self.angles_deg), self.detectors)
+            csr = csr_t.T.tocsr()
+
+            def to_torch(m):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                                   torch.from_numpy(m.indices.astype(np.int64)),
+                                                   torch.from_numpy(m.data).to(dtype), m.shape).to(device)
+
+            self._mats[key] = (to_torch(csr), to_torch(csr_t))
         return self._mats[key]
 
     def forward(self, x: Tensor) -> Tensor:
