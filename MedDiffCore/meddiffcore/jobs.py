@@ -25,6 +25,7 @@ from .progress import Reporter
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
 JOB_RUNNERS: dict[str, str] = {
     "uncond.generate": "meddiffcore.tasks.uncond:run_generate",
+    "ctca.synthesize": "meddiffcore.tasks.ctca.run:run_synthesize",
 }
 
 

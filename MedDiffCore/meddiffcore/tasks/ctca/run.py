@@ -1,0 +1,178 @@
+"""The ``ctca.synthesize`` job (CLI ``meddiff synthesize`` and the engine worker).
+
+Inputs: ``labels`` (a label file, or a folder of them for a batch) and optionally
+``label_mapping`` (JSON/CSV, see :mod:`.labels`). Outputs: ``volume`` (a file, or
+a folder for a batch), optionally ``preview`` (PNG; a folder for a batch).
+Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``.
+Everything is validated before sampling starts, and files are written only
+after every volume is done, so a failure leaves no output and never touches
+the input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BadInputError, ConfigError
+from ...io import VOLUME_EXTENSIONS, VOLUME_WRITE_EXTENSIONS, Volume
+from ...io.atomic import split_extension
+
+#: The model used when a job names none.
+DEFAULT_MODEL = "ctca-demo"
+MIN_AXIS = 8
+
+
+def read_label_volume(path: Path, mapping: dict[int, int] | None) -> Volume:
+    """Read and validate one label map; returns a Volume of uint8 values of our table."""
+    from ...io import read_volume
+    from .labels import to_label_array
+
+    try:
+        volume = read_volume(path)
+    except BadInputError as exc:
+        raise BadInputError(f"label map '{path}': {exc.message}", exc.hint) from exc
+    if min(volume.shape) < MIN_AXIS:
+        raise BadInputError(f"label map '{path}' has shape {volume.shape}: a 2D image or a thin slab, not a 3D label map",
+                            f"pass a 3D label map at least {MIN_AXIS} voxels along every axis")
+    labels = to_label_array(volume.array, mapping, what=f"label map '{path.name}'")
+    return Volume(labels, volume.ijk_to_ras, {"source": str(path)})
+
+
+def _label_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS))
+        if not files:
+            raise BadInputError(f"label folder '{path}' holds no volume files", f"put {', '.join(VOLUME_EXTENSIONS)} files in it")
+        return files
+    if not path.exists():
+        raise BadInputError(f"label map '{path}' does not exist", "check the path given to --labels")
+    return [path]
+
+
+def _numbered(path: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [path]
+    stem, ext = split_extension(path.name)
+    width = max(2, int(math.log10(count)) + 1)
+    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]
+
+
+def _check_output(path: Path, inputs: list[Path]) -> None:
+    _, ext = split_extension(path.name)
+    if ext.lower() not in VOLUME_WRITE_EXTENSIONS:
+        raise ConfigError(f"output '{path}' has an unsupported extension '{ext}'", f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"output folder '{path.parent}' does not exist", "create it first")
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise ConfigError(f"output '{path}' is the input label map", "write the CT to another file; inputs are never overwritten")
+
+
+def _plan(job, files: list[Path], samples: int) -> list[list[Path]]:
+    """Output paths per input file (one per sample)."""
+    out = Path(job.outputs["volume"])
+    if len(files) == 1 and not Path(job.inputs["labels"]).is_dir():
+        paths = [_numbered(out, samples)]
+    else:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"a folder of label maps needs an output folder, '{out}' is a file", "pass --out FOLDER")
+        paths = []
+        for f in files:
+            stem, _ = split_extension(f.name)
+            paths.append(_numbered(out / f"{stem}_ct.nii.gz", samples))
+    return paths
+
+
+def run_synthesize(job, reporter) -> dict[str, str]:
+    import torch
+
+    from ...devices import resolve_device
+    from ...io import write_volume
+    from ...preview import CT_ANGIO, write_preview
+    from .grid import check_field_of_view
+    from .labels import load_mapping
+    from .model import load_ctca_model
+    from .synthesis import SynthesisRecord, SynthesisSettings, synthesize
+
+    if "labels" not in job.inputs:
+        raise ConfigError("the job names no 'labels' input", "pass --labels FILE_OR_FOLDER")
+    if "volume" not in job.outputs:
+        raise ConfigError("the job names no 'volume' output", "pass --out FILE (or FOLDER for a folder of label maps)")
+    samples = job.params.get("samples", 1)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"samples must be a whole number >= 1, got {samples!r}", "ask for 1 or more samples")
+    device = resolve_device(job.device)
+    model = load_ctca_model(job.model or DEFAULT_MODEL, device)
+    hr_model = load_ctca_model(job.params["hr_model"], device) if job.params.get("hr_model") else None
+    if model.stage != "lr" or (hr_model is not None and hr_model.stage != "patch"):
+        raise ConfigError("--model must be a low-resolution ('lr') CTCA model and --hr-model a 'patch' model",
+                          "see the stage in each model card (`meddiff models list`)")
+    defaults = model.card.diffusion
+    settings = SynthesisSettings(
+        steps=job.params.get("steps") or defaults.get("steps", 25),
+        sampler=job.params.get("sampler") or defaults.get("sampler", "dpmpp_2m"),
+        guidance=float(job.params["guidance"]) if job.params.get("guidance") is not None else float(defaults.get("guidance", 1.0)),
+        seed=job.seed,
+    )
+    mapping = load_mapping(job.inputs["label_mapping"]) if job.inputs.get("label_mapping") else None
+
+    files = _label_files(Path(job.inputs["labels"]))
+    labels = []
+    for f in files:
+        volume = read_label_volume(f, mapping)
+        check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
+        labels.append(volume)
+    plan = _plan(job, files, samples)
+    batch = len(plan) > 1 or Path(job.inputs["labels"]).is_dir()
+    for group in plan:
+        for p in group:
+            if batch:
+                if p.parent.exists() and not p.parent.is_dir():
+                    raise ConfigError(f"output '{p.parent}' is not a folder", "pass --out FOLDER")
+            else:
+                _check_output(p, files)
+    preview = job.outputs.get("preview")
+    if preview and not batch and not Path(preview).parent.is_dir():
+        raise ConfigError(f"preview folder '{Path(preview).parent}' does not exist", "create it first")
+
+    seed = job.seed if job.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    reporter.log(f"synthesising {len(files) * samples} volume(s) with model '{model.card.name}'"
+                 f"{' + ' + hr_model.card.name if hr_model else ''}: {settings.sampler}, {settings.steps} steps, "
+                 f"guidance {settings.guidance:g}, seed {seed}, on {device}")
+    results: list[tuple[Path, Volume]] = []
+    record = SynthesisRecord()
+    total = len(files) * samples
+    for n, (volume, group) in enumerate(zip(labels, plan)):
+        for k, path in enumerate(group):
+            phase = "sampling" if total == 1 else f"sampling {n * samples + k + 1}/{total}"
+            ct = synthesize(volume, model, settings, hr_model=hr_model, device=device, generator=generator,
+                            callback=reporter.step_callback(phase), record=record)
+            results.append((path, ct))
+
+    provenance = {"model": model.card.name, "model_sha256": model.card.sha256,
+                  "hr_model": hr_model.card.name if hr_model else None, "sampler": settings.sampler,
+                  "steps": settings.steps, "guidance": settings.guidance, "seed": seed,
+                  "guidance_meaning": "1 = conditional model alone, 0 = unconditional, >1 = stronger label adherence",
+                  "network_evaluations_per_volume": record.network_evaluations // max(total, 1),
+                  "stages": record.stages[: 1 + (hr_model is not None)]}
+    outputs: dict[str, str] = {}
+    for i, (path, ct) in enumerate(results):
+        if batch:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_volume(ct, path)
+        outputs["volume" if len(results) == 1 else f"volume_{i + 1}"] = str(path)
+    if preview:
+        if batch:
+            Path(preview).mkdir(parents=True, exist_ok=True)
+            for path, ct in results:
+                stem, _ = split_extension(path.name)
+                write_preview(Path(preview) / f"{stem}.png", ct, CT_ANGIO)
+        else:
+            write_preview(preview, [ct for _, ct in results], CT_ANGIO)
+        outputs["preview"] = str(preview)
+    reporter.log("settings: " + json.dumps(provenance))
+    return outputs
