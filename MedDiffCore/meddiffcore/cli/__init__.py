@@ -28,7 +28,7 @@ GROUPS = {
 
 def command_modules() -> list[str]:
     """Names of the modules of this package that register commands, in a stable order."""
-    names = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in ("common",)]
+    names = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in ("common", "__main__")]
     order = {"core": 0, "generic": 1}
     return [f"{__name__}.{n}" for n in sorted(names, key=lambda n: (order.get(n, 2), n))]
 
