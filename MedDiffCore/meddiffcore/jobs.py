@@ -24,6 +24,9 @@ from .progress import Reporter
 
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
 JOB_RUNNERS: dict[str, str] = {
+    "ctp.inpaint": "meddiffcore.tasks.ctp.run:run_inpaint",
+    "ctp.perfusion": "meddiffcore.tasks.ctp.run:run_perfusion",
+    "ctp.phantom": "meddiffcore.tasks.ctp.run:run_phantom",
     "uncond.generate": "meddiffcore.tasks.uncond:run_generate",
     "ctca.synthesize": "meddiffcore.tasks.ctca.run:run_synthesize",
 }

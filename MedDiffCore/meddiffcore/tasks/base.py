@@ -19,6 +19,7 @@ from ..models import ModelCard
 
 #: Task name -> "module:attribute" of an object implementing :class:`TrainableTask`.
 TRAINABLE_TASKS: dict[str, str] = {
+    "ctp": "meddiffcore.tasks.ctp.train:TASK",
     "uncond": "meddiffcore.tasks.uncond:TASK",
     "ctca": "meddiffcore.tasks.ctca.train:TASK",
 }
