@@ -24,6 +24,10 @@ from .progress import Reporter
 
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
 JOB_RUNNERS: dict[str, str] = {
+    "recon.ct": "meddiffcore.tasks.recon.run:run_ct",
+    "recon.mri": "meddiffcore.tasks.recon.run:run_mri",
+    "recon.zsr": "meddiffcore.tasks.recon.run:run_zsr",
+    "recon.phantom": "meddiffcore.tasks.recon.run:run_phantom",
     "ctp.inpaint": "meddiffcore.tasks.ctp.run:run_inpaint",
     "ctp.perfusion": "meddiffcore.tasks.ctp.run:run_perfusion",
     "ctp.phantom": "meddiffcore.tasks.ctp.run:run_phantom",

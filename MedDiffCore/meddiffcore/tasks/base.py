@@ -22,6 +22,7 @@ TRAINABLE_TASKS: dict[str, str] = {
     "ctp": "meddiffcore.tasks.ctp.train:TASK",
     "uncond": "meddiffcore.tasks.uncond:TASK",
     "ctca": "meddiffcore.tasks.ctca.train:TASK",
+    "recon": "meddiffcore.tasks.recon.train:TASK",
 }
 
 

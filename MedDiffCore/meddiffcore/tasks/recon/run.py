@@ -1,0 +1,432 @@
+"""Job runners ``recon.ct``, ``recon.mri`` and ``recon.zsr``.
+
+All inputs and parameters are validated before the reconstruction starts, so a
+bad job fails fast with a clear message and writes nothing. Intensities: the
+priors work in [0, 1]; CT uses the card's fixed HU scaling, MRI and ZSR scale by
+the 99.5th percentile of the measured (zero-filled or thick) image, mapped to 0.8
+(white matter in the training phantoms), and the output is scaled back.
+
+Sinogram files (``recon ct --sinogram``) are volumes (z = slice, y = angle,
+x = detector bin) of line integrals of ``HU + 1000`` in pixel units (the detector
+spacing equals the pixel spacing); their x spacing gives the output pixel size,
+their z spacing and origin the slice positions. Angles are a text or ``.npy`` file
+of degrees, one per sinogram row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import BadInputError, ConfigError, ModelError
+from ...jobs import Job
+from ...progress import Reporter
+
+DEFAULT_MODELS = {"ct": "recon-ct-demo", "mri": "recon-mri-demo", "zsr": "recon-mri-demo"}
+MODES = ("tpdm", "fast")
+MRI_TARGET = 0.8
+
+
+@dataclass
+class Settings:
+    mode: str
+    steps: int
+    K: float
+    lam: float
+    snr: float
+    cg_iters: int
+    gamma: float
+    eta: float
+    chunk: int
+
+
+def _number(params: dict, key: str, default, kind=float, lo=None, hi=None):
+    value = params.get(key, default)
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter '{key}' must be a number, got {value!r}", f"e.g. {key}={default}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"parameter '{key}' must be finite, got {value}", f"e.g. {key}={default}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"parameter '{key}' = {value} is out of range [{lo}, {hi}]", f"e.g. {key}={default}")
+    return value
+
+
+def settings_from(params: dict, card_defaults: dict) -> Settings:
+    mode = params.get("mode", "fast")
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode '{mode}'", "use --mode tpdm (the seed's sampler) or --mode fast (DDS-style)")
+    d = card_defaults.get(mode, {})
+    return Settings(
+        mode=mode,
+        steps=_number(params, "steps", d.get("steps", 1000 if mode == "tpdm" else 50), int, 1, 100000),
+        K=_number(params, "K", d.get("K", 2.7 if mode == "tpdm" else 2.0), float, 1.0, 1000.0),
+        lam=_number(params, "lambda", d.get("lambda", 1.0), float, 0.0, 1000.0),
+        snr=_number(params, "snr", d.get("snr", 0.16), float, 0.0, 10.0),
+        cg_iters=_number(params, "cg_iters", d.get("cg_iters", 5), int, 0, 1000),
+        gamma=_number(params, "gamma", d.get("gamma", 0.0), float, 0.0, 1e6),
+        eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
+        chunk=_number(params, "chunk", 64, int, 1, 100000),
+    )
+
+
+def _load(job: Job, kind: str, device):
+    from .model import load_recon_model
+
+    ref = job.model or DEFAULT_MODELS[kind]
+    model = load_recon_model(ref, device=device)
+    want = "ct" if kind == "ct" else "mri"
+    if model.modality != want:
+        raise ModelError(f"model '{model.card.name}' is a {model.modality.upper()} prior, this job needs a {want.upper()} prior",
+                         f"use a {want} recon model, e.g. {DEFAULT_MODELS[kind]}")
+    return model
+
+
+def _check_size(shape: tuple[int, ...], model, what: str) -> None:
+    min_size = int(model.card.task_config.get("min_size", 16))
+    if min(shape) < min_size:
+        raise BadInputError(f"the {what} is {'x'.join(map(str, shape))} voxels; the prior needs at least {min_size} "
+                            "voxels along every axis", f"use a volume of at least {min_size}^3 voxels")
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(array)):
+        raise BadInputError(f"the {what} contains NaN or infinite values", "fix or mask the bad values before reconstructing")
+
+
+def _outputs(job: Job) -> tuple[Path, Path | None]:
+    out = job.outputs.get("volume")
+    if not out:
+        raise ConfigError("the job names no 'volume' output", "set outputs.volume (--out) to a .nii.gz/.nrrd/.mha path")
+    from ...io import VOLUME_WRITE_EXTENSIONS
+    from ...io.atomic import split_extension
+
+    for p in filter(None, (out, job.outputs.get("baseline"))):
+        if split_extension(Path(p).name)[1].lower() not in VOLUME_WRITE_EXTENSIONS:
+            raise ConfigError(f"cannot write '{p}': unknown volume extension",
+                              f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
+        if not Path(p).parent.is_dir():
+            raise BadInputError(f"the output folder of '{p}' does not exist", "create it first")
+    base = job.outputs.get("baseline")
+    return Path(out), Path(base) if base else None
+
+
+def _generator(job: Job, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(job.seed if job.seed is not None else 0)
+    return g
+
+
+def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Settings, job: Job, reporter: Reporter,
+           device) -> tuple[torch.Tensor, dict[str, Any]]:
+    from .fast import sample_fast
+    from .priors import VolumePrior
+    from .problems import operator_norm
+    from .tpdm import geometric_sigmas, sample_tpdm
+
+    primary = VolumePrior(model.primary, model.primary_plane, model.size_multiple, s.chunk)
+    auxiliary = VolumePrior(model.auxiliary, model.auxiliary_plane, model.size_multiple, s.chunk)
+    sig_min, sig_max = model.sigma_range()
+    gen = _generator(job, device)
+    callback = reporter.step_callback("reconstruction")
+    reporter.log(f"{s.mode} reconstruction of a {'x'.join(map(str, shape))} volume, {s.steps} steps, K={s.K}, on {device}")
+    if s.mode == "tpdm":
+        lip = operator_norm(problem, shape, device)
+        result = sample_tpdm(primary, auxiliary, problem, y, shape, geometric_sigmas(sig_max, sig_min, s.steps), K=s.K,
+                             lam=s.lam, lipschitz=lip, snr=s.snr, generator=gen, callback=callback)
+    else:
+        sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
+        result = sample_fast(primary, auxiliary, problem, y, shape, sigmas, K=s.K, cg_iters=s.cg_iters, gamma=s.gamma,
+                             eta=s.eta, generator=gen, callback=callback)
+    r = problem.forward(result.x) - y
+    info = {"mode": s.mode, "steps": s.steps, "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
+            "seconds": round(result.seconds, 2), "relative_residual": float(r.abs().norm() / y.abs().norm().clamp(min=1e-12))}
+    reporter.log(f"done: {result.nfe} network passes, {result.seconds:.1f} s, relative data residual {info['relative_residual']:.4f}")
+    return result.x, info
+
+
+def _write(volumes: list[tuple[Any, Path]]) -> None:
+    from ...io import write_volume
+
+    for volume, path in volumes:
+        write_volume(volume, path)
+
+
+# ---------------------------------------------------------------------------------------------- CT
+def _read_angles(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"angles file '{path}' does not exist", "give a text or .npy file of angles in degrees")
+    try:
+        angles = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, dtype=np.float64, ndmin=1)
+    except Exception as exc:
+        raise BadInputError(f"angles file '{path}' cannot be read: {exc}", "write one angle in degrees per line") from exc
+    angles = np.asarray(angles, dtype=np.float64).ravel()
+    _check_finite(angles, "angles file")
+    return angles
+
+
+def ct_problem_from_job(job: Job, model, device):
+    """(problem, y in [0, 1] units, shape, template Volume for the output, ground truth or None)."""
+    from ...io import Volume, read_volume
+    from ...physics import ParallelBeam
+    from .problems import CTProblem
+
+    tc = model.intensity
+    if "volume" in job.inputs:
+        vol = read_volume(job.inputs["volume"])
+        arr = np.asarray(vol.array, dtype=np.float32)
+        _check_finite(arr, "input volume")
+        _check_size(arr.shape, model, "input volume")
+        if arr.shape[1] != arr.shape[2]:
+            raise BadInputError(f"axial slices are {arr.shape[1]}x{arr.shape[2]}; parallel-beam CT needs square slices",
+                                "crop or pad the volume to square axial slices")
+        views = _number(job.params, "views", 16, int, 1, 10000)
+        beam = ParallelBeam.uniform(arr.shape[1], views, _number(job.params, "arc", 180.0, float, 1.0, 360.0))
+        x_true = torch.from_numpy((arr - tc["offset"]) / tc["scale"]).to(device)
+        problem = CTProblem(beam)
+        y = problem.forward(x_true)
+        noise = _number(job.params, "noise", 0.0, float, 0.0, 1.0)
+        if noise > 0:
+            g = torch.Generator(device=device).manual_seed(1234)
+            y = y + noise * y.abs().mean() * torch.randn(y.shape, generator=g, device=device)
+        return problem, y, tuple(arr.shape), vol, x_true
+    if "sinogram" not in job.inputs or "angles" not in job.inputs:
+        raise ConfigError("a CT job needs inputs 'sinogram' and 'angles', or 'volume' to simulate from",
+                          "use --sinogram S --angles A, or --simulate-from VOLUME --views N")
+    sino_vol = read_volume(job.inputs["sinogram"])
+    sino = np.asarray(sino_vol.array, dtype=np.float32)  # (z, angles, detectors)
+    _check_finite(sino, "sinogram")
+    angles = _read_angles(job.inputs["angles"])
+    if angles.size != sino.shape[1]:
+        raise BadInputError(f"the angles file has {angles.size} angles but the sinogram has {sino.shape[1]} rows (y axis)",
+                            "give exactly one angle (degrees) per sinogram row")
+    det = sino.shape[2]
+    size = int(job.params.get("size") or round(det / math.sqrt(2)))
+    if ParallelBeam(size, tuple(angles)).detectors != det:
+        size = next((n for n in range(max(1, size - 3), size + 4) if ParallelBeam(n, (0.0,)).detectors == det), None)
+        if size is None:
+            raise BadInputError(f"a sinogram {det} bins wide matches no square image (ceil(sqrt(2) N) bins)",
+                                "pad the detector rows to ceil(sqrt(2) N) bins for an N x N image")
+    _check_size((sino.shape[0], size, size), model, "reconstruction")
+    beam = ParallelBeam(size, tuple(angles))
+    y = torch.from_numpy(sino / tc["scale"]).to(device)
+    sp = sino_vol.spacing
+    m = sino_vol.ijk_to_ras.copy()
+    direction = m[:3, :3] / sp[None, :]
+    geo = np.eye(4)
+    geo[:3, :3] = direction * np.array([sp[0], sp[0], sp[2]])[None, :]
+    geo[:3, 3] = m[:3, 3] - geo[:3, 0] * (size // 2) - geo[:3, 1] * (size // 2)
+    template = Volume(np.zeros((sino.shape[0], size, size), np.float32), geo, {})
+    return CTProblem(beam), y, (sino.shape[0], size, size), template, None
+
+
+def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
+    """Job ``recon.ct``: inputs ``sinogram`` + ``angles`` or ``volume`` (simulate ``views``); outputs ``volume`` [, ``baseline``]."""
+    from ...devices import resolve_device
+
+    out, base_out = _outputs(job)
+    device = resolve_device(job.device)
+    model = _load(job, "ct", device)
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    filt = job.params.get("filter", "ramp")
+    from ...physics import FILTERS
+
+    if filt not in FILTERS:
+        raise ConfigError(f"unknown FBP filter '{filt}'", f"use one of {', '.join(FILTERS)}")
+    problem, y, shape, template, _ = ct_problem_from_job(job, model, device)
+    x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    tc = model.intensity
+    to_hu = lambda t: (t.detach().cpu().numpy() * tc["scale"] + tc["offset"]).astype(np.float32)  # noqa: E731
+    vols = [(template.with_array(to_hu(x), metadata={"meddiff": _meta(model, info)}), out)]
+    if base_out:
+        vols.append((template.with_array(to_hu(problem.baseline(y, filt))), base_out))
+    _write(vols)
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+
+
+def _meta(model, info: dict) -> str:
+    import json
+
+    return json.dumps({"model": model.card.name, **info})
+
+
+# ---------------------------------------------------------------------------------------------- MRI
+def _mri_scale(image: np.ndarray) -> float:
+    p = float(np.percentile(np.abs(image), 99.5))
+    return p / MRI_TARGET if p > 0 else 1.0
+
+
+def _read_array(path: str, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{what} file '{path}' does not exist", "check the path")
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except Exception as exc:
+            raise BadInputError(f"{what} file '{path}' cannot be read: {exc}", "save it with numpy.save") from exc
+    from ...io import read_volume
+
+    return np.asarray(read_volume(path).array)
+
+
+def mri_problem_from_job(job: Job, model, device):
+    from ...io import Volume, read_volume
+    from ...physics import make_mask
+    from ...physics.mri import MASK_KINDS, ifft2c
+    from .problems import MRIProblem
+
+    if "volume" in job.inputs:
+        vol = read_volume(job.inputs["volume"])
+        arr = np.asarray(vol.array, dtype=np.float32)
+        _check_finite(arr, "input volume")
+        _check_size(arr.shape, model, "input volume")
+        acc = _number(job.params, "acceleration", 8.0, float, 1.0, 64.0)
+        kind = job.params.get("mask_kind", "uniform")
+        if kind not in MASK_KINDS:
+            raise ConfigError(f"unknown mask kind '{kind}'", f"use one of {', '.join(MASK_KINDS)}")
+        mask = make_mask(arr.shape[1:], acc, kind, _number(job.params, "center_fraction", 0.08, float, 0.0, 1.0),
+                         seed=job.seed or 0)
+        mask_t = torch.from_numpy(mask).to(device)
+        problem = MRIProblem(mask_t)
+        k = problem.forward(torch.from_numpy(arr.astype(np.float64)).to(device))
+        zf = problem.baseline(k).cpu().numpy()
+        scale = _mri_scale(zf)
+        y = (k / scale).to(torch.complex64)
+        return problem, y, tuple(arr.shape), vol, scale
+    if "kspace" not in job.inputs or "mask" not in job.inputs:
+        raise ConfigError("an MRI job needs inputs 'kspace' and 'mask', or 'volume' to simulate from",
+                          "use --kspace K.npy --mask M, or --simulate-from VOLUME --acceleration 8")
+    k = _read_array(job.inputs["kspace"], "k-space")
+    if k.ndim == 2:
+        k = k[None]
+    if k.ndim != 3:
+        raise BadInputError(f"k-space must be (z, y, x) or (y, x), got shape {k.shape}", "save one 2D k-space per axial slice")
+    if not np.all(np.isfinite(k)):
+        raise BadInputError("the k-space contains NaN or infinite values", "fix the bad samples before reconstructing")
+    mask = _read_array(job.inputs["mask"], "mask")
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.shape != k.shape[1:]:
+        raise BadInputError(f"the mask has shape {mask.shape}, the k-space slices are {k.shape[1:]}",
+                            "give a (y, x) mask with the shape of one k-space slice")
+    if not np.all(np.isfinite(mask.astype(np.float64))):
+        raise BadInputError("the mask contains NaN values", "use a 0/1 mask")
+    _check_size(k.shape, model, "k-space volume")
+    mask_t = torch.from_numpy(mask != 0).to(device)
+    kt = torch.from_numpy(k.astype(np.complex64)).to(device) * mask_t
+    zf = ifft2c(kt).abs().cpu().numpy()
+    scale = _mri_scale(zf)
+    if "geometry" in job.inputs:
+        template = read_volume(job.inputs["geometry"])
+        if template.shape != k.shape:
+            raise BadInputError(f"the geometry volume has shape {template.shape}, the k-space {k.shape}",
+                                "give a reference volume on the image grid of the k-space")
+    else:
+        template = Volume.from_spacing(np.zeros(k.shape, np.float32))
+    return MRIProblem(mask_t), kt / scale, tuple(k.shape), template, scale
+
+
+def run_mri(job: Job, reporter: Reporter) -> dict[str, str]:
+    """Job ``recon.mri``: inputs ``kspace`` + ``mask`` [+ ``geometry``] or ``volume`` (simulate ``acceleration``)."""
+    from ...devices import resolve_device
+
+    out, base_out = _outputs(job)
+    device = resolve_device(job.device)
+    model = _load(job, "mri", device)
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    problem, y, shape, template, scale = mri_problem_from_job(job, model, device)
+    x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
+    vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
+    if base_out:
+        vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
+    _write(vols)
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+
+
+# ---------------------------------------------------------------------------------------------- ZSR
+def zsr_problem_from_job(job: Job, model, device):
+    from ...io import Volume, read_volume
+    from ...physics import SliceAverage
+    from .problems import ZSRProblem
+
+    factor = job.params.get("factor", 4)
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        if not (isinstance(factor, float) and factor.is_integer() and factor >= 1):
+            raise ConfigError(f"the z factor must be a positive integer, got {factor!r}", "use e.g. --factor 2 or 4")
+        factor = int(factor)
+    vol = read_volume(job.inputs["volume"])
+    arr = np.asarray(vol.array, dtype=np.float32)
+    _check_finite(arr, "input volume")
+    if job.params.get("simulate"):
+        # the input is a thin ground-truth volume: average it into thick slices first
+        if arr.shape[0] % factor:
+            raise BadInputError(f"{arr.shape[0]} slices cannot be averaged in groups of {factor}",
+                                f"use a factor that divides the number of slices ({arr.shape[0]})")
+        _check_size(arr.shape, model, "input volume")
+        thick = arr.reshape(arr.shape[0] // factor, factor, *arr.shape[1:]).mean(1)
+        thick_geo = vol.ijk_to_ras.copy()
+        thick_geo[:3, 2] *= factor
+        thick_geo[:3, 3] = vol.ijk_to_ras[:3, 3] + vol.ijk_to_ras[:3, 2] * (factor - 1) / 2.0
+        template = vol
+    else:
+        thick = arr
+        thick_geo = vol.ijk_to_ras
+        template = Volume(np.zeros((arr.shape[0] * factor, *arr.shape[1:]), np.float32),
+                          SliceAverage.thin_geometry(vol.ijk_to_ras, factor), {})
+    shape = (thick.shape[0] * factor, *thick.shape[1:])
+    _check_size(shape, model, "super-resolved volume")
+    scale = _mri_scale(thick)
+    y = torch.from_numpy(thick / scale).to(device)
+    return ZSRProblem(factor), y, shape, template, scale, thick_geo
+
+
+def run_zsr(job: Job, reporter: Reporter) -> dict[str, str]:
+    """Job ``recon.zsr``: input ``volume`` (thick slices; with params.simulate, a thin volume to degrade), ``factor``."""
+    from ...devices import resolve_device
+
+    out, base_out = _outputs(job)
+    if "volume" not in job.inputs:
+        raise ConfigError("a ZSR job needs input 'volume'", "use --volume THICK.nii.gz")
+    device = resolve_device(job.device)
+    model = _load(job, "zsr", device)
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    problem, y, shape, template, scale, _ = zsr_problem_from_job(job, model, device)
+    x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
+    vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
+    if base_out:
+        vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
+    _write(vols)
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+
+
+def run_phantom(job: Job, reporter: Reporter) -> dict[str, str]:
+    """Job ``recon.phantom``: params modality (ct|mri), kind, size, seed, spacing; output ``volume``."""
+    from ...io import Volume, write_volume
+    from .phantoms import KINDS, make_phantom
+
+    modality = job.params.get("modality", "ct")
+    if modality not in KINDS:
+        raise ConfigError(f"unknown phantom modality '{modality}'", "use ct or mri")
+    kind = job.params.get("kind")
+    if kind is not None and kind not in KINDS[modality]:
+        raise ConfigError(f"unknown {modality} phantom kind '{kind}'", f"use one of {', '.join(KINDS[modality])}")
+    size = _number(job.params, "size", 64, int, 8, 1024)
+    seed = job.seed if job.seed is not None else 0
+    spacing = float(job.params.get("spacing", 1.0))
+    out = job.outputs.get("volume")
+    if not out:
+        raise ConfigError("the job names no 'volume' output", "pass --out")
+    arr = make_phantom(modality, kind, (size, size, size), seed)
+    write_volume(Volume.from_spacing(arr, (spacing,) * 3), out)
+    return {"volume": str(out)}
