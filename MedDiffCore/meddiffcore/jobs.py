@@ -24,6 +24,9 @@ from .progress import Reporter
 
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
 JOB_RUNNERS: dict[str, str] = {
+    "wdm.generate": "meddiffcore.tasks.wdm.run:run_generate",
+    "sr.generate": "meddiffcore.tasks.sr.run:run_generate",
+    "sr.upscale": "meddiffcore.tasks.sr.run:run_upscale",
     "recon.ct": "meddiffcore.tasks.recon.run:run_ct",
     "recon.mri": "meddiffcore.tasks.recon.run:run_mri",
     "recon.zsr": "meddiffcore.tasks.recon.run:run_zsr",

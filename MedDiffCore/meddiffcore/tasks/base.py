@@ -19,6 +19,8 @@ from ..models import ModelCard
 
 #: Task name -> "module:attribute" of an object implementing :class:`TrainableTask`.
 TRAINABLE_TASKS: dict[str, str] = {
+    "wdm": "meddiffcore.tasks.wdm.train:TASK",
+    "sr": "meddiffcore.tasks.sr.train:TASK",
     "ctp": "meddiffcore.tasks.ctp.train:TASK",
     "uncond": "meddiffcore.tasks.uncond:TASK",
     "ctca": "meddiffcore.tasks.ctca.train:TASK",

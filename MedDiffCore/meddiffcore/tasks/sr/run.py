@@ -1,0 +1,178 @@
+"""Job runners ``sr.generate`` (new slices through the whole cascade) and ``sr.upscale``
+(super-resolve real low-resolution slices, slice by slice for a volume, geometry updated).
+
+Every input is checked before sampling starts, so a bad job writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import BadInputError, ConfigError
+from ...io import VOLUME_WRITE_EXTENSIONS
+from .cascade import load_stages
+from .data import from_unit_range, to_unit_range
+from .model import sample_stage
+
+IMAGE_EXTENSIONS = (".png",)
+
+
+def upscaled_ijk_to_ras(ijk_to_ras: np.ndarray, factor: int) -> np.ndarray:
+    """The IJK-to-RAS matrix after upsampling I and J (x, y) by ``factor``, K (slices) unchanged.
+
+    New pixel ``i'`` has its centre at old index ``(i' + 0.5) / factor - 0.5``: the
+    new grid covers exactly the old pixels' extent, with spacing / factor.
+    """
+    shift = (1.0 / factor - 1.0) / 2.0
+    resample = np.array([[1.0 / factor, 0, 0, shift], [0, 1.0 / factor, 0, shift], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return np.asarray(ijk_to_ras, dtype=np.float64) @ resample
+
+
+def _check_output(path: str, allow_png: bool) -> None:
+    name = Path(path).name.lower()
+    allowed = VOLUME_WRITE_EXTENSIONS + (IMAGE_EXTENSIONS if allow_png else ())
+    if not name.endswith(allowed):
+        raise BadInputError(f"cannot write '{path}': unknown output format", f"use one of {', '.join(allowed)}")
+
+
+def _numbered(path: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [path]
+    from ...io.atomic import split_extension
+
+    stem, ext = split_extension(path.name)
+    width = max(2, int(math.log10(count)) + 1)
+    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]
+
+
+def _steps_and_sampler(job) -> tuple[int | None, str | None]:
+    from ...diffusion import get_sampler
+
+    steps = job.params.get("steps")
+    if steps is not None and int(steps) < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}", "e.g. --steps 50")
+    sampler = job.params.get("sampler")
+    if sampler:
+        get_sampler(sampler)
+    return (int(steps) if steps else None), sampler
+
+
+def run_generate(job, reporter) -> dict[str, str]:
+    """Job ``sr.generate``: base samples, then every SR stage. Params samples, steps, sampler, spacing."""
+    from ...devices import resolve_device
+    from ...io import Volume, write_volume
+    if not job.model:
+        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
+    if not job.outputs.get("volume"):
+        raise ConfigError("the job names no 'volume' output", "set outputs.volume to a .nii.gz/.nrrd path")
+    if job.inputs.get("condition"):
+        raise BadInputError("the SR cascade generates new slices and takes no condition",
+                            "use `meddiff upscale --input IMAGE` to super-resolve an existing image")
+    _check_output(job.outputs["volume"], allow_png=False)
+    samples = int(job.params.get("samples", 1))
+    if samples < 1:
+        raise ConfigError(f"samples must be at least 1, got {samples}", "ask for 1 or more samples")
+    steps, sampler = _steps_and_sampler(job)
+    device = resolve_device(job.device)
+    card, stages = load_stages(job.model, device)
+    if "base" not in stages:
+        raise BadInputError(f"model '{card.name}' has no base generator stage",
+                            "generate with a full cascade; a super-resolution-only model can only `upscale`")
+    n_sr = len(stages) - 1
+    pixel = float(card.task_config.get("pixel_mm", 1.0)) / 2**n_sr
+    spacing = tuple(job.params.get("spacing") or (pixel, pixel, float(card.task_config.get("pixel_mm", 1.0))))
+    generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
+    images = None
+    for stage, (spec, net) in stages.items():
+        reporter.log(f"stage {stage}: {samples} x {spec.size}^2")
+        images = sample_stage(net, spec, samples, low=images, steps=steps, sampler=sampler, generator=generator,
+                              callback=reporter.step_callback(f"stage {stage}"))
+    arrays = from_unit_range(images[:, 0].cpu().numpy(), tuple(card.task_config["intensity_window"]))
+    volumes = [Volume.from_spacing(a[None], spacing_mm=spacing) for a in arrays]
+    paths = _numbered(Path(job.outputs["volume"]), samples)
+    for volume, path in zip(volumes, paths):
+        write_volume(volume, path)
+    outputs = {"volume": str(paths[0])} if samples == 1 else {f"volume_{i + 1}": str(p) for i, p in enumerate(paths)}
+    if job.outputs.get("preview"):
+        from ...preview import Window, write_png
+
+        window = Window.from_range(*card.task_config["intensity_window"])
+        write_png(job.outputs["preview"], np.concatenate([window.to_uint8(a) for a in arrays], axis=1))
+        outputs["preview"] = job.outputs["preview"]
+    return outputs
+
+
+def _read_input(path: str):
+    """A volume (any readable format) or an 8-bit grayscale PNG as a one-slice volume, plus 'is PNG'."""
+    from ...io import Volume, read_volume
+
+    if Path(path).name.lower().endswith(IMAGE_EXTENSIONS):
+        if not Path(path).is_file():
+            raise BadInputError(f"input image '{path}' does not exist", "check the path")
+        from PIL import Image
+
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        return Volume.from_spacing(array[None]), True
+    return read_volume(path), False
+
+
+def run_upscale(job, reporter) -> dict[str, str]:
+    """Job ``sr.upscale``: inputs ``image`` (volume or PNG); params stages (how many 2x stages, default all), steps."""
+    from ...devices import resolve_device
+    from ...io import Volume, write_volume
+    from ...preview import Window, write_png
+
+    if not job.model:
+        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
+    if not job.inputs.get("image"):
+        raise ConfigError("the job names no 'image' input", "pass --input IMAGE_OR_VOLUME")
+    out_path = job.outputs.get("volume") or ""
+    if not out_path:
+        raise ConfigError("the job names no output", "pass --out FILE")
+    _check_output(out_path, allow_png=True)
+    steps, sampler = _steps_and_sampler(job)
+    volume, is_png = _read_input(job.inputs["image"])
+    device = resolve_device(job.device)
+    card, stages = load_stages(job.model, device)
+    sr_stages = [(name, spec, net) for name, (spec, net) in stages.items() if spec.is_super_resolution]
+    _, height, width = volume.shape
+    accepted = [spec.low_size for _, spec, _ in sr_stages]
+    start = next((i for i, (_, spec, _) in enumerate(sr_stages) if spec.low_size == height == width), None)
+    if start is None:
+        raise BadInputError(
+            f"slices of '{job.inputs['image']}' are {height}x{width} (y x x) pixels; model '{card.name}' "
+            f"super-resolves square slices of {', '.join(map(str, accepted)) or 'no size (it has no SR stage)'} pixels",
+            "resample or crop the slices to one of those sizes first",
+        )
+    count = int(job.params.get("stages") or len(sr_stages) - start)
+    if not 1 <= count <= len(sr_stages) - start:
+        raise ConfigError(f"stages must be between 1 and {len(sr_stages) - start} for {height}px input, got {count}",
+                          "leave it out to run every remaining stage")
+    if is_png and out_path.lower().endswith(".png") and volume.shape[0] != 1:
+        raise BadInputError("a PNG output holds one slice", "write a volume (.nii.gz, .nrrd)")
+    window = tuple(card.task_config["intensity_window"])
+    if is_png:
+        volume = volume.with_array(from_unit_range(volume.array * 2 - 1, window))
+    chosen = sr_stages[start:start + count]
+    factor = 2**count
+    generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
+    reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with {', '.join(n for n, _, _ in chosen)}")
+    low_all = torch.from_numpy(to_unit_range(volume.array, window)).clamp(-1, 1)[:, None]
+    outputs = []
+    for index in range(volume.shape[0]):
+        image = low_all[index:index + 1]
+        for name, spec, net in chosen:
+            image = sample_stage(net, spec, 1, low=image, steps=steps, sampler=sampler, generator=generator)
+        outputs.append(image[0, 0].cpu().numpy())
+        reporter.progress("upscaling", index + 1, volume.shape[0])
+    array = from_unit_range(np.stack(outputs), window)
+    if out_path.lower().endswith(".png"):
+        write_png(out_path, Window.from_range(*window).to_uint8(array[0]))
+    else:
+        write_volume(Volume(array, upscaled_ijk_to_ras(volume.ijk_to_ras, factor), {}), out_path)
+    return {"volume": out_path}
