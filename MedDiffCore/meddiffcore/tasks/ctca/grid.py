@@ -19,6 +19,13 @@ from .labels import CORONARY, NUM_CLASSES
 CORONARY_KEEP_FRACTION = 0.25
 
 
+def centred_grid(direction: np.ndarray, centre_ras, spacing_mm: float, shape_zyx) -> np.ndarray:
+    """ijk_to_ras of an isotropic grid of ``shape_zyx`` with axes ``direction`` (columns), centred on ``centre_ras``."""
+    n = np.array(shape_zyx[::-1], dtype=np.float64)
+    origin = np.asarray(centre_ras, dtype=np.float64) - direction @ ((n - 1) / 2.0 * spacing_mm)
+    return geometry_from_spacing([spacing_mm] * 3, origin, direction)
+
+
 def synthesis_grid(volume: Volume, spacing_mm: float, multiple=(1, 1, 1)) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(ijk_to_ras, shape zyx) of a grid at ``spacing_mm`` covering ``volume``, each size a multiple of ``multiple`` (zyx)."""
     extent = np.array(volume.shape[::-1], dtype=np.float64) * volume.spacing  # i, j, k edge to edge, mm
@@ -26,9 +33,8 @@ def synthesis_grid(volume: Volume, spacing_mm: float, multiple=(1, 1, 1)) -> tup
     n = np.maximum(np.ceil(extent / spacing_mm - 1e-6).astype(int), 1)
     n = (np.ceil(n / mult) * mult).astype(int)
     centre = volume.ijk_to_ras_points([(np.array(volume.shape[::-1]) - 1) / 2.0])[0]
-    direction = volume.direction
-    origin = centre - direction @ ((n - 1) / 2.0 * spacing_mm)
-    return geometry_from_spacing([spacing_mm] * 3, origin, direction), tuple(int(v) for v in n[::-1])
+    shape = tuple(int(v) for v in n[::-1])
+    return centred_grid(volume.direction, centre, spacing_mm, shape), shape
 
 
 def _zyx_affine(src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,179 @@
+"""``meddiff evaluate ctca``: label adherence, diversity and memorisation on held-out phantoms.
+
+* Label adherence: mean HU of the synthetic CT in every label, and Dice of an
+  HU-threshold segmentation against the input labels: ``contrast`` (HU >=
+  :data:`CONTRAST_HU` vs. blood pool, great vessels and coronaries),
+  ``coronary`` (HU >= :data:`CORONARY_HU` in the epicardial region, i.e. outside
+  the chambers and great vessels within :data:`EPICARDIAL_MM` of the ventricles,
+  vs. the coronary label) and ``myocardium`` (HU in [:data:`MYOCARDIUM_HU`] in the
+  same region plus the myocardium, vs. the myocardium label). The phantom's own
+  CT is scored the same way, as the ceiling.
+* Diversity: MS-SSIM between samples of the same label map (lower = more diverse).
+* Memorisation: RMSE (HU) from each sample to its nearest training volume,
+  next to the same distance for the held-out phantom's own CT; a ratio well
+  below 1 means samples sit closer to training data than new real data does.
+
+Held-out phantoms use seeds from :data:`HELD_OUT_FIRST_SEED` (training uses small seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ...config import from_dict
+from ...metrics import dice, ms_ssim
+from .labels import CORONARY, LABELS
+
+HELD_OUT_FIRST_SEED = 100000
+CONTRAST_HU = 200.0
+CORONARY_HU = 150.0
+MYOCARDIUM_HU = (30.0, 200.0)
+EPICARDIAL_MM = 8.0
+
+
+def epicardial_region(labels: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Voxels where coronaries can run: not chamber/great vessel, within EPICARDIAL_MM of the ventricles and myocardium."""
+    ventricles = np.isin(labels, (1, 3, 5))
+    near = ndimage.distance_transform_edt(~ventricles, sampling=spacing_mm) <= EPICARDIAL_MM
+    return near & np.isin(labels, (0, 1, CORONARY))
+
+
+def adherence(ct_hu: np.ndarray, labels: np.ndarray, spacing_mm: float) -> dict:
+    """Per-class mean HU and threshold-segmentation Dice of one CT against its label map."""
+    mean_hu = {LABELS[v]: float(ct_hu[labels == v].mean()) for v in LABELS if np.any(labels == v)}
+    region = epicardial_region(labels, spacing_mm)
+    lo, hi = MYOCARDIUM_HU
+    scores = {
+        "contrast": dice(ct_hu >= CONTRAST_HU, np.isin(labels, (2, 3, 4, 5, 6, 7, CORONARY))),
+        "coronary": dice(region & (ct_hu >= CORONARY_HU), labels == CORONARY),
+        "myocardium": dice((region | (labels == 1)) & (ct_hu >= lo) & (ct_hu < hi) & (labels != CORONARY), labels == 1),
+    }
+    return {"mean_hu": mean_hu, "dice": scores}
+
+
+def nearest_rmse(volume_hu: np.ndarray, training: list[np.ndarray]) -> float:
+    """RMSE in HU to the nearest training volume (same grid)."""
+    v = volume_hu.astype(np.float32)
+    return float(min(np.sqrt(np.mean((v - t) ** 2)) for t in training))
+
+
+def _mean_dicts(items: list[dict]) -> dict:
+    keys = sorted({k for d in items for k in d})
+    return {k: float(np.mean([d[k] for d in items if k in d])) for k in keys}
+
+
+def evaluate_model(model_ref: str, *, phantoms: int = 10, samples: int = 2, steps: int | None = None,
+                   sampler: str | None = None, guidance: float | None = None, train_phantoms: int | None = None,
+                   seed: int = 0, device: str = "auto", json_path: str | None = None, update_card: bool = False,
+                   callback=None) -> dict:
+    import torch
+
+    from ...devices import resolve_device
+    from .config import CTCAConfig, DataConfig
+    from .data import CTCADataset
+    from .model import load_ctca_model
+    from .phantom import make_phantom
+    from .synthesis import SynthesisRecord, SynthesisSettings, synthesize
+
+    dev = resolve_device(device)
+    model = load_ctca_model(model_ref, dev)
+    d = model.card.diffusion
+    settings = SynthesisSettings(steps=steps or d.get("steps", 25), sampler=sampler or d.get("sampler", "dpmpp_2m"),
+                                 guidance=float(d.get("guidance", 1.0) if guidance is None else guidance), seed=seed)
+    data = from_dict(DataConfig, model.card.task_config.get("data") or {}, where="data")
+    if train_phantoms is not None:
+        data.num_phantoms = min(train_phantoms, data.num_phantoms) if data.source == "phantoms" else data.num_phantoms
+    train_set = CTCADataset(CTCAConfig(stage=model.stage, data=data))
+    training = [train_set.volume(i)[1].astype(np.float32) for i in range(len(train_set))]
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    spacing = float(model.spacing_mm)
+    synth_adh, ref_adh, diversity, nn_samples, nn_reference = [], [], [], [], []
+    record = SynthesisRecord()
+    started = time.perf_counter()
+    for n in range(phantoms):
+        ph = make_phantom(HELD_OUT_FIRST_SEED + n, model.shape, spacing)
+        labels = ph.labels.array
+        ref_adh.append(ph.ct.array.astype(np.float32))
+        nn_reference.append(nearest_rmse(ph.ct.array, training))
+        cts = []
+        for _ in range(samples):
+            ct = synthesize(ph.labels, model, settings, device=dev, generator=generator, callback=callback, record=record)
+            cts.append(ct.array.astype(np.float32))
+            synth_adh.append(adherence(cts[-1], labels, spacing))
+            nn_samples.append(nearest_rmse(ct.array, training))
+        ref_adh[-1] = adherence(ref_adh[-1], labels, spacing)
+        width = model.hu_window[1] - model.hu_window[0]
+        for i in range(len(cts)):
+            for j in range(i + 1, len(cts)):
+                diversity.append(ms_ssim(cts[i], cts[j], data_range=width))
+    elapsed = time.perf_counter() - started
+    volumes = phantoms * samples
+    figures = {
+        "model": model.card.name,
+        "held_out": {"phantoms": phantoms, "first_seed": HELD_OUT_FIRST_SEED, "samples_per_phantom": samples,
+                     "grid": list(model.shape), "spacing_mm": spacing},
+        "settings": {"sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance, "seed": seed},
+        "mean_hu": {"synthetic": _mean_dicts([a["mean_hu"] for a in synth_adh]),
+                    "phantom_ct": _mean_dicts([a["mean_hu"] for a in ref_adh])},
+        "dice": {"synthetic": _mean_dicts([a["dice"] for a in synth_adh]),
+                 "phantom_ct": _mean_dicts([a["dice"] for a in ref_adh])},
+        "thresholds_hu": {"contrast": CONTRAST_HU, "coronary": CORONARY_HU, "myocardium": list(MYOCARDIUM_HU)},
+        "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
+        "memorisation": {"training_volumes_searched": len(training),
+                         "sample_nearest_rmse_hu": float(np.mean(nn_samples)),
+                         "sample_nearest_rmse_hu_min": float(np.min(nn_samples)),
+                         "held_out_phantom_nearest_rmse_hu": float(np.mean(nn_reference)),
+                         "ratio": float(np.mean(nn_samples) / max(np.mean(nn_reference), 1e-6))},
+        "time_per_volume_s": elapsed / max(volumes, 1),
+        "network_evaluations_per_volume": record.network_evaluations / max(volumes, 1),
+        "device": str(dev), "torch_threads": torch.get_num_threads(),
+    }
+    if json_path:
+        from ...io.atomic import atomic_output
+
+        with atomic_output(Path(json_path)) as tmp:
+            Path(tmp).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    if update_card:
+        store_metrics(model_ref, figures)
+    return figures
+
+
+def store_metrics(model_ref: str, figures: dict) -> Path:
+    """Put ``figures`` in the model card's ``metrics.evaluation`` (the weights and their checksum are unchanged)."""
+    from ...io.atomic import atomic_output
+    from ...models import ModelCard, find_model
+
+    card_path = find_model(model_ref).card_path
+    card = ModelCard.from_json_file(card_path)
+    card.metrics = {**card.metrics, "evaluation": figures,
+                    "evaluation_command": f"meddiff evaluate ctca --model {model_ref} --phantoms {figures['held_out']['phantoms']} "
+                                          f"--samples {figures['held_out']['samples_per_phantom']}"}
+    with atomic_output(card_path) as tmp:
+        Path(tmp).write_text(card.to_json(), encoding="utf-8")
+    return card_path
+
+
+def format_report(f: dict) -> str:
+    """The figures as a short text table."""
+    lines = [f"model {f['model']}: {f['held_out']['phantoms']} held-out phantoms x {f['held_out']['samples_per_phantom']} samples, "
+             f"{f['settings']['sampler']} {f['settings']['steps']} steps, guidance {f['settings']['guidance']:g}"]
+    lines.append(f"{'class':<20}{'synthetic HU':>14}{'phantom HU':>12}")
+    for name in f["mean_hu"]["phantom_ct"]:
+        lines.append(f"{name:<20}{f['mean_hu']['synthetic'].get(name, float('nan')):>14.0f}{f['mean_hu']['phantom_ct'][name]:>12.0f}")
+    lines.append(f"{'Dice':<20}{'synthetic':>14}{'phantom':>12}")
+    for name, value in f["dice"]["synthetic"].items():
+        lines.append(f"{name:<20}{value:>14.3f}{f['dice']['phantom_ct'][name]:>12.3f}")
+    m = f["memorisation"]
+    ms = f["ms_ssim_between_samples"]
+    lines.append(f"MS-SSIM between samples: {'n/a' if ms is None else f'{ms:.3f}'}")
+    lines.append(f"nearest-training RMSE: samples {m['sample_nearest_rmse_hu']:.1f} HU (min {m['sample_nearest_rmse_hu_min']:.1f}), "
+                 f"held-out phantoms {m['held_out_phantom_nearest_rmse_hu']:.1f} HU, ratio {m['ratio']:.2f} "
+                 f"({m['training_volumes_searched']} training volumes)")
+    lines.append(f"time per volume {f['time_per_volume_s']:.1f} s, {f['network_evaluations_per_volume']:.0f} network evaluations, "
+                 f"{f['device']} ({f['torch_threads']} threads)")
+    return "\n".join(lines)
