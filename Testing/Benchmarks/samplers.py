@@ -85,8 +85,9 @@ def main() -> None:
     parser.add_argument("--spacings", nargs="+", default=["karras", "uniform", "trailing"])
     parser.add_argument("--steps", nargs="+", type=int, default=[5, 10, 15, 20, 25, 50, 100, 1000])
     parser.add_argument("--samples", type=int, default=200_000)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps timings stable)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     rows = run(args.samplers, args.spacings, args.steps, args.samples)
     print(f"{'sampler':10s} {'spacing':9s} {'steps':>5s} {'NFE':>5s} {'W2':>9s} {'W2_ode':>9s} {'time_s':>7s}")
     for r in rows:

@@ -164,7 +164,7 @@ class NoiseSchedule:
                 VE: geometric from ``sigma_max`` to ``sigma_min`` (score-SDE's grid).
             ``"trailing"``: VP: ``t = T-1, T-1-T/steps, ...`` (respacing; ends at
                 ``T/steps - 1`` rather than 0). VE: as ``"uniform"``.
-            ``"karras"``: the largest training sigma, then ``steps - 1`` sigmas
+            ``"karras"``: the largest training sigma, then (if it is above 80) ``steps - 1`` sigmas
                 ``(hi^(1/rho) .. sigma_min^(1/rho))^rho`` with rho=7 from
                 ``hi = min(80, sigma_max)`` (Karras et al.'s sigma_max) down to the
                 smallest training sigma. Starting at the training maximum keeps
@@ -188,12 +188,11 @@ class NoiseSchedule:
         steps = int(steps)
         train = self.train_sigmas
         if spacing == "karras":
-            sig = train[-1:].clone()
-            if steps > 1:
-                ramp = torch.linspace(0, 1, steps - 1, dtype=torch.float64)
-                top = min(KARRAS_SIGMA_MAX, float(train[-1]))
-                lo, hi = train[0] ** (1 / KARRAS_RHO), top ** (1 / KARRAS_RHO)
-                sig = torch.cat([sig, (hi + ramp * (lo - hi)) ** KARRAS_RHO])
+            prefix = train[-1:] if train[-1] > KARRAS_SIGMA_MAX else train[:0]
+            top = min(KARRAS_SIGMA_MAX, float(train[-1]))
+            ramp = torch.linspace(0, 1, steps - len(prefix), dtype=torch.float64)
+            lo, hi = train[0] ** (1 / KARRAS_RHO), top ** (1 / KARRAS_RHO)
+            sig = torch.cat([prefix, (hi + ramp * (lo - hi)) ** KARRAS_RHO])
         elif not self.is_vp:
             sig = torch.exp(torch.linspace(math.log(train[-1]), math.log(train[0]), steps, dtype=torch.float64))
         elif spacing == "uniform":
