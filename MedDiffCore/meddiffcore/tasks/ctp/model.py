@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from meddiffcore.config import from_dict
-from meddiffcore.diffusion import VPDenoiser
+from meddiffcore.diffusion import VPDenoiser, training_loss
 from meddiffcore.errors import ModelError
 from meddiffcore.models import ModelCard, load_model
 from meddiffcore.nets import UNet, UNetConfig
@@ -31,15 +31,10 @@ def denoiser_for(net: torch.nn.Module, diffusion: CTPDiffusionConfig) -> VPDenoi
 
 
 def eps_l1_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The seed's loss: L1 between the true and the predicted noise, at a continuous SR3 noise level."""
-    x0 = batch["target"]
-    schedule = diffusion.noise_schedule()
-    sigma = schedule.sample_training_sigmas(x0.shape[0], generator).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
-    x = x0 + sigma.view(-1, *([1] * (x0.ndim - 1))) * eps
-    out = denoiser_for(net, diffusion).predict(x, sigma, concat=batch["known"], embedding=batch["context"])
-    return (out.eps - eps).abs().mean()
+    return training_loss("eps_l1", net, batch["target"], diffusion.noise_schedule(),
+                         {"concat": batch["known"], "embedding": batch["context"]}, generator=generator)
 
 
 @dataclass

@@ -29,8 +29,7 @@ class CTPTask:
         return CTPTupleDataset(config.data, config.diffusion.peak_margin_s, seed=config.train.seed)
 
     def training_loss(self, net, batch, config: CTPConfig, generator):
-        loss = eps_l1_loss(net, batch, config.diffusion, generator)
-        return loss, {"eps_l1": float(loss.detach())}
+        return eps_l1_loss(net, batch, config.diffusion, generator)
 
     def preview(self, net, config: CTPConfig, device) -> np.ndarray:
         """Middle slice of [left, truth, sample, right] for four fixed training tuples."""
