@@ -2,12 +2,13 @@
 
 * Label adherence: mean HU of the synthetic CT in every label, and Dice of an
   HU-threshold segmentation against the input labels: ``contrast`` (HU >=
-  :data:`CONTRAST_HU` vs. blood pool, great vessels and coronaries),
-  ``coronary`` (HU >= :data:`CORONARY_HU` in the epicardial region, i.e. outside
-  the chambers and great vessels within :data:`EPICARDIAL_MM` of the ventricles,
-  vs. the coronary label) and ``myocardium`` (HU in [:data:`MYOCARDIUM_HU`] in the
-  same region plus the myocardium, vs. the myocardium label). The phantom's own
-  CT is scored the same way, as the ceiling.
+  :data:`CONTRAST_HU` within :data:`NEAR_HEART_MM` of any label, which leaves
+  out bone, vs. blood pool, great vessels and coronaries),
+  ``coronary`` (HU >= :data:`CORONARY_HU` vs. the coronary label, both within the
+  epicardial fat, see :func:`epicardial_region`) and ``myocardium`` (HU in
+  :data:`MYOCARDIUM_HU` vs. the myocardium label, within the labelled heart). The
+  phantom's own CT is scored the same way, as the ceiling (partial volume at
+  2 mm keeps the coronary ceiling well below 1).
 * Diversity: MS-SSIM between samples of the same label map (lower = more diverse).
 * Memorisation: RMSE (HU) from each sample to its nearest training volume,
   next to the same distance for the held-out phantom's own CT; a ratio well
@@ -31,16 +32,19 @@ from .labels import CORONARY, LABELS
 
 HELD_OUT_FIRST_SEED = 100000
 CONTRAST_HU = 200.0
-CORONARY_HU = 150.0
+CORONARY_HU = 100.0
 MYOCARDIUM_HU = (30.0, 200.0)
 EPICARDIAL_MM = 8.0
+NEAR_HEART_MM = 4.0
 
 
 def epicardial_region(labels: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """Voxels where coronaries can run: not chamber/great vessel, within EPICARDIAL_MM of the ventricles and myocardium."""
+    """Epicardial fat where coronaries run: background or coronary, within EPICARDIAL_MM of the ventricles, and not
+    touching a contrast-filled chamber or great vessel (whose partial volume would read as vessel)."""
     ventricles = np.isin(labels, (1, 3, 5))
     near = ndimage.distance_transform_edt(~ventricles, sampling=spacing_mm) <= EPICARDIAL_MM
-    return near & np.isin(labels, (0, 1, CORONARY))
+    bright = ndimage.binary_dilation(np.isin(labels, (2, 3, 4, 5, 6, 7)))
+    return near & np.isin(labels, (0, CORONARY)) & ~bright
 
 
 def adherence(ct_hu: np.ndarray, labels: np.ndarray, spacing_mm: float) -> dict:
@@ -48,10 +52,11 @@ def adherence(ct_hu: np.ndarray, labels: np.ndarray, spacing_mm: float) -> dict:
     mean_hu = {LABELS[v]: float(ct_hu[labels == v].mean()) for v in LABELS if np.any(labels == v)}
     region = epicardial_region(labels, spacing_mm)
     lo, hi = MYOCARDIUM_HU
+    near_heart = ndimage.distance_transform_edt(labels == 0, sampling=spacing_mm) <= NEAR_HEART_MM  # leaves out the spine
     scores = {
-        "contrast": dice(ct_hu >= CONTRAST_HU, np.isin(labels, (2, 3, 4, 5, 6, 7, CORONARY))),
-        "coronary": dice(region & (ct_hu >= CORONARY_HU), labels == CORONARY),
-        "myocardium": dice((region | (labels == 1)) & (ct_hu >= lo) & (ct_hu < hi) & (labels != CORONARY), labels == 1),
+        "contrast": dice(near_heart & (ct_hu >= CONTRAST_HU), np.isin(labels, (2, 3, 4, 5, 6, 7, CORONARY))),
+        "coronary": dice(region & (ct_hu >= CORONARY_HU), region & (labels == CORONARY)),
+        "myocardium": dice(np.isin(labels, (1, 2, 3, 4, 5, 6, 7)) & (ct_hu >= lo) & (ct_hu < hi), labels == 1),
     }
     return {"mean_hu": mean_hu, "dice": scores}
 
