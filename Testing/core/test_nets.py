@@ -124,6 +124,8 @@ def test_spade_resize_linear_and_nearest():
     seg = torch.randn(1, 2, 7, 5)
     for mode in ("nearest", "linear"):
         assert SPADEGroupNorm(2, 8, 2, 4, 4, resize=mode)(h, seg).shape == h.shape
+    labels = torch.nn.functional.one_hot(torch.randint(0, 2, (1, 7, 5)), 2).permute(0, 3, 1, 2)  # int64
+    assert SPADEGroupNorm(2, 8, 2, 4, 4)(h, labels).shape == h.shape
     with pytest.raises(ConfigError):
         SPADEGroupNorm(2, 8, 2, resize="cubic")
 

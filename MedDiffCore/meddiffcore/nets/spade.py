@@ -48,8 +48,9 @@ class SPADEGroupNorm(nn.Module):
 
     def forward(self, h: Tensor, segmap: Tensor) -> Tensor:
         """``h``: (B, C, *spatial); ``segmap``: (B, label_channels, *any_spatial)."""
+        segmap = segmap.to(h.dtype) if segmap.is_floating_point() else segmap.float()  # integer label maps too
         if segmap.shape[2:] != h.shape[2:]:
             kwargs = {} if self.mode == "nearest" else {"align_corners": False}
             segmap = F.interpolate(segmap, size=h.shape[2:], mode=self.mode, **kwargs)
-        s = self.shared(segmap.to(h.dtype) if segmap.is_floating_point() else segmap.float())
+        s = self.shared(segmap)
         return self.norm(h) * (1 + self.gamma(s)) + self.beta(s)
