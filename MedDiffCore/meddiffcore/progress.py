@@ -122,10 +122,12 @@ class JsonLinesReporter(Reporter):
 class TerminalReporter(Reporter):
     """A one-line progress bar with percent and ETA on a terminal; logs on their own lines."""
 
-    def __init__(self, stream: IO[str] | None = None, cancel: CancelToken | None = None, width: int = 30) -> None:
+    def __init__(self, stream: IO[str] | None = None, cancel: CancelToken | None = None, width: int = 30,
+                 show_progress: bool = True) -> None:
         super().__init__(cancel)
         self.stream = stream or sys.stderr
         self.width = width
+        self.show_progress = show_progress
         self._bar_open = False
 
     def _end_bar(self) -> None:
@@ -135,6 +137,8 @@ class TerminalReporter(Reporter):
 
     def emit(self, event: dict[str, Any]) -> None:
         kind = event["event"]
+        if not self.show_progress and kind in ("progress", "log"):
+            return
         if kind == "progress":
             total = max(event["total"], 1)
             frac = min(event["step"] / total, 1.0)

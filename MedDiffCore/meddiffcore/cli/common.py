@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..jobs import Job, run_job
-from ..progress import JsonLinesReporter, Reporter, SilentReporter, TerminalReporter
+from ..progress import JsonLinesReporter, Reporter, TerminalReporter
 
 
 def add_job_options(parser: argparse.ArgumentParser, *, seed: bool = True, model: bool = True) -> None:
@@ -28,7 +28,7 @@ def reporter_for(progress: str) -> Reporter:
     if progress == "json":
         return JsonLinesReporter(sys.stdout)
     if progress == "none":
-        return SilentReporter()
+        return TerminalReporter(sys.stderr, show_progress=False)  # errors and results are never silent
     return TerminalReporter(sys.stderr)
 
 

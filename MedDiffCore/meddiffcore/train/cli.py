@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import MedDiffError
-from ..progress import JsonLinesReporter, SilentReporter, TerminalReporter
+from ..progress import SilentReporter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from .loop import distributed_from_env, train
 
     main_rank = distributed_from_env().is_main
-    reporter = {"bar": TerminalReporter, "json": JsonLinesReporter, "none": SilentReporter}[args.progress]()
-    if not main_rank:
-        reporter = SilentReporter()
+    from ..cli.common import reporter_for
+
+    reporter = reporter_for(args.progress) if main_rank else SilentReporter()
     try:
         task, config = load_training_config(args.config, args.overrides)
         files = train(task, config, resume=args.resume, reporter=reporter, command=" ".join(["python -m meddiffcore.train", *sys.argv[1:]]))

@@ -80,6 +80,13 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
         ema_b.copy_(b)
 
 
+def learning_rate_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant (a pure function of the step, so resume needs no scheduler state)."""
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
 def ema_decay_at(step: int, cfg: TrainConfig) -> float:
     if not cfg.ema_warmup:
         return cfg.ema_decay
@@ -163,8 +170,6 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         net = net.to(memory_format=torch.channels_last_3d if _is_3d(net) else torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
-    warmup = max(cfg.warmup_steps, 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=(cfg.precision == "fp16" and device.type == "cuda"))
 
     step = 0
@@ -175,8 +180,6 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
             scaler.load_state_dict(meta["grad_scaler"])
         if "rng_state" in meta:
             torch.set_rng_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
-        for _ in range(step):
-            scheduler.step()
         reporter.log(f"resumed from step {step} in {out_dir}")
 
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -193,6 +196,8 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
     reporter.started(f"train.{task.name}", steps=cfg.steps, start_step=step, world_size=ctx.world_size, device=str(device))
     while step < cfg.steps:
         net.train()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, cfg)
         batch = _to_device(next(batches), device, cfg.channels_last)
         with _autocast(device, cfg.precision):
             loss, terms = task.training_loss(model, batch, config, None)
@@ -205,7 +210,6 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         step += 1
         update_ema(ema, net, ema_decay_at(step, cfg))
         window_loss += float(loss.detach())
@@ -215,7 +219,7 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         if ctx.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.monotonic() - window_start
             record = {"step": step, "loss": window_loss / window_n, "grad_norm": float(grad_norm),
-                      "lr": scheduler.get_last_lr()[0], "s_per_step": elapsed / window_n,
+                      "lr": optimizer.param_groups[0]["lr"], "s_per_step": elapsed / window_n,
                       "samples_per_s": window_n * cfg.batch_size * ctx.world_size / max(elapsed, 1e-9),
                       **{k: float(v) for k, v in terms.items()}}
             with open(metrics_path, "a", encoding="utf-8") as handle:
