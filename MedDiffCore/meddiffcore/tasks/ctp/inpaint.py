@@ -116,6 +116,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     sigmas = sampling_sigmas(model.diffusion, steps).to(device)
     sample = get_sampler(sampler)
     n_batches = (len(items) + batch_size - 1) // batch_size
+    steps = len(sigmas) - 1
     total = n_batches * steps
     for b in range(n_batches):
         chunk = items[b * batch_size:(b + 1) * batch_size]
