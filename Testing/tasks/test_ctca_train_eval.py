@@ -127,3 +127,25 @@ def test_prepare_round_trip(tmp_path):
     centre = labels.ijk_to_ras_points([[16, 16, 16]])[0]
     ijk = np.round(ph.labels.ras_to_ijk_points([centre])[0]).astype(int)
     assert labels.array[16, 16, 16] == ph.labels.array[ijk[2], ijk[1], ijk[0]]
+
+
+def test_evaluate_command_prints_and_stores_figures(tmp_path, monkeypatch, capsys):
+    from ctca_helpers import save_tiny_model
+    from meddiffcore.cli import main as cli_main
+
+    monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path))
+    card_path = save_tiny_model(tmp_path / "models", "ctca-tiny")
+    rc = cli_main(["evaluate", "ctca", "--model", "ctca-tiny", "--phantoms", "1", "--samples", "2", "--steps", "2",
+                   "--json", str(tmp_path / "fig.json"), "--update-card", "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "MS-SSIM between samples" in text and "nearest-training RMSE" in text
+    figures = json.loads((tmp_path / "fig.json").read_text())
+    assert 0 < figures["ms_ssim_between_samples"] < 1
+    assert figures["memorisation"]["training_volumes_searched"] == 4 and figures["memorisation"]["sample_nearest_rmse_hu"] > 0
+    assert set(figures["dice"]["synthetic"]) == {"contrast", "coronary", "myocardium"}
+    card = json.loads(card_path.read_text())
+    assert card["metrics"]["evaluation"]["held_out"]["phantoms"] == 1
+    from meddiffcore.models import find_model, verify_model
+
+    verify_model(find_model("ctca-tiny"))  # the card still matches its weights
