@@ -104,3 +104,18 @@ def test_reference_crop_is_voxel_aligned_in_physical_space():
         crop = ref[r]
         # physical coordinates of the crop's voxels are those of the same voxels of the whole grid
         np.testing.assert_allclose(crop[2:-2, 2:-2, 2:-2], field(hr_ras[r])[2:-2, 2:-2, 2:-2], atol=1e-3)
+
+
+def test_patch_size_adapts_to_free_gpu_memory(monkeypatch):
+    import meddiffcore.devices as devices
+    from meddiffcore.tasks.ctca.patches import choose_patching
+
+    shape, trained, multiple, bpv = (128, 128, 128), (32, 32, 32), (8, 8, 8), 1000.0
+    monkeypatch.setattr(devices, "free_gpu_memory_bytes", lambda device: None)
+    assert choose_patching(shape, trained, multiple, "cpu", bpv) == ((32, 32, 32), 2)
+    monkeypatch.setattr(devices, "free_gpu_memory_bytes", lambda device: 80 * 2**30)  # an H100
+    patch, batch = choose_patching(shape, trained, multiple, "cuda", bpv)
+    assert patch == (128, 128, 128) and batch >= 1
+    monkeypatch.setattr(devices, "free_gpu_memory_bytes", lambda device: 300 * 2**20)  # 300 MiB free
+    patch, batch = choose_patching(shape, trained, multiple, "cuda", bpv)
+    assert patch == (32, 32, 32) and batch * 32**3 * bpv <= 0.5 * 300 * 2**20 and batch >= 1
