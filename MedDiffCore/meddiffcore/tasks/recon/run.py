@@ -144,6 +144,9 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
         sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
         result = sample_fast(primary, auxiliary, problem, y, shape, sigmas, K=s.K, cg_iters=s.cg_iters, gamma=s.gamma,
                              eta=s.eta, generator=gen, callback=callback)
+    if not bool(torch.isfinite(result.x).all()):
+        raise ModelError(f"the {s.mode} reconstruction diverged (non-finite values); nothing was written",
+                         "lower --lambda, use more --steps, or check that the model fits this data")
     r = problem.forward(result.x) - y
     info = {"mode": s.mode, "steps": s.steps, "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
             "seconds": round(result.seconds, 2), "relative_residual": float(r.abs().norm() / y.abs().norm().clamp(min=1e-12))}

@@ -71,7 +71,10 @@ def sample_tpdm(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
             _, eps = prior.predict(x, s)
             score = -eps / s
             z = torch.randn(x.shape, generator=gen, device=device)
-            e = 2 * (snr * _mean_norm(z, prior.plane) / _mean_norm(score, prior.plane).clamp(min=1e-30)) ** 2
+            g_norm = _mean_norm(score, prior.plane)
+            # a zero score (e.g. an untrained network) means no corrector move, not an infinite one
+            e = torch.where(g_norm > 0, 2 * (snr * _mean_norm(z, prior.plane) / g_norm.clamp(min=1e-30)) ** 2,
+                            torch.zeros_like(g_norm))
             x = x + e * score + (2 * e).sqrt() * z
         dps = which == "primary" and lam > 0
         if dps:
