@@ -247,13 +247,13 @@ def make_phantom(seed: int = 0, shape=DEFAULT_SHAPE, spacing_mm=DEFAULT_SPACING_
         (7, [pa_bif, pa_bif + [-30.0, -20.0, 4.0], pa_bif + [-60.0, -30.0, 0.0]], [pa_r * 0.75] * 3),
         (7, [pa_bif, pa_bif + [28.0, -12.0, -2.0], pa_bif + [60.0, -22.0, -6.0]], [pa_r * 0.75] * 3),
     ]
-    tree = None
     for value, pts, radii in tubes:
         dense, r = _polyline(pts, radii, step_mm=1.0)
         tree = cKDTree(dense)
         d, idx = tree.query(q, distance_upper_bound=r.max() + 1.0)
         inside = np.isfinite(d) & (d <= r[np.minimum(idx, len(r) - 1)])
-        labels[inside & ((labels == 0) | (value == 6) & (labels != 1) | (value == 7) & (labels == 0))] = value
+        paintable = (labels != 1) if value == 6 else (labels == 0)  # the aorta passes the LV outflow; the PA stays outside
+        labels[inside & paintable] = value
 
     # Coronary trees on a surface around both ventricles, 2.5 mm outside the epicardium.
     vent_c = lv_c + np.array([8.0, 6.0, 0.0])
