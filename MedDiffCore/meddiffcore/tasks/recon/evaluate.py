@@ -66,7 +66,7 @@ def evaluate(ct_model: str | None = None, mri_model: str | None = None, tasks=("
              views=(8, 16, 32), accelerations=(4, 8), factors=(2, 4), mni: bool = False, seed: int = 0,
              device: str = "auto", log=print) -> dict[str, Any]:
     from ...devices import resolve_device
-    from ...physics import ParallelBeam, make_mask
+    from ...physics import ParallelBeam, data_consistency_cg, make_mask
     from .model import load_recon_model
     from .phantoms import make_phantom
     from .problems import CTProblem, MRIProblem, ZSRProblem
@@ -94,6 +94,9 @@ def evaluate(ct_model: str | None = None, mri_model: str | None = None, tasks=("
                 y = problem.forward(torch.from_numpy(gt.astype(np.float32)).to(dev))
                 base = problem.baseline(y).cpu().double().numpy()
                 recs = {m: _solve(model, problem, y, gt.shape, m, mode_steps[m], seed + i, dev) for m in modes}
+                # prior-free reference: the same number of CG iterations as fast mode, from zero
+                cg = data_consistency_cg(problem, y, torch.zeros(gt.shape, device=dev), 250).cpu().double().numpy()
+                recs["cg_only"] = (cg, {"network_evaluations": 0, "seconds": 0.0})
                 record("ct", f"{n_views} views", f"phantom {HELD_OUT_SEED + i}", "fbp", gt, base, recs, 1.0)
     mri_vols = []
     if "mri" in tasks or "zsr" in tasks:
