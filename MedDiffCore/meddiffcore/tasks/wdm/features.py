@@ -145,4 +145,5 @@ def load_medicalnet(path: str | Path, sha256: str, device: torch.device | str = 
         x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / x.std(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
         return net(x).cpu()
 
+    extract.__name__ = "medicalnet"
     return extract
