@@ -97,6 +97,7 @@ def register(subparsers, groups) -> None:
     ev.add_argument("--factors", default="2,4")
     ev.add_argument("--mni", action="store_true", help="also evaluate the MRI tasks on nilearn's MNI152 T1 template")
     ev.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ev.add_argument("--update-card", action="store_true", help="store the figures in the models' cards (metrics.evaluation)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=_evaluate)

@@ -147,6 +147,20 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     return {k: {m: round(float(np.mean(v)), 4) for m, v in g.items()} for k, g in groups.items()}
 
 
+def store_in_card(ref: str, figures: dict[str, Any], note: str = "") -> None:
+    """Write ``figures`` into the card's ``metrics`` (under ``evaluation``) of the model ``ref``, in place."""
+    import dataclasses
+
+    from ...models import find_model, load_model, save_model
+
+    files = find_model(ref)
+    card, tensors = load_model(str(files.card_path))
+    metrics = {**card.metrics, "evaluation": {**card.metrics.get("evaluation", {}), **figures}}
+    if note:
+        metrics["note"] = note
+    save_model(files.card_path.parent, dataclasses.replace(card, metrics=metrics), tensors)
+
+
 def main_from_args(args) -> int:
     t0 = time.time()
     results = evaluate(
@@ -157,6 +171,16 @@ def main_from_args(args) -> int:
         factors=tuple(int(f) for f in args.factors.split(",")), mni=args.mni, seed=args.seed, device=args.device)
     results["wall_time_s"] = round(time.time() - t0, 1)
     print(json.dumps(results["summary"], indent=2))
+    if getattr(args, "update_card", False):
+        tasks = args.tasks.split(",")
+        command = "meddiff evaluate recon " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                       if k in ("tasks", "phantoms", "size", "modes", "steps", "tpdm_steps", "views",
+                                                                "accelerations", "factors") and v is not None)
+        figures = {k: {**v, "command": command + (" --mni" if args.mni else "")} for k, v in results["summary"].items()}
+        if "ct" in tasks:
+            store_in_card(args.model or "recon-ct-demo", {k: v for k, v in figures.items() if k.startswith("ct ")})
+        if "mri" in tasks or "zsr" in tasks:
+            store_in_card(args.mri_model or "recon-mri-demo", {k: v for k, v in figures.items() if not k.startswith("ct ")})
     if args.json:
         from pathlib import Path
 
