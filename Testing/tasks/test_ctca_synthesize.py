@@ -98,7 +98,7 @@ def test_worker_runs_the_same_job_and_folder_batch(oblique_labels, tmp_path, hom
 
 
 def test_guidance_semantics():
-    """1 = conditional model alone (one pass), 0 = unconditional, s = x0_u + s (x0_c - x0_u)."""
+    """1 = conditional model alone (one pass), 0 = unconditional, s = x0_u + s (x0_c - x0_u); then clamped to the window."""
     from meddiffcore.diffusion import VPDenoiser
     from meddiffcore.tasks.ctca.model import condition, drop_condition, load_ctca_model
 
@@ -113,11 +113,12 @@ def test_guidance_semantics():
     cond, uncond = plain(x, sigma, segmap=segmap), plain(x, sigma, segmap=drop_condition(segmap, "lr"))
     assert not torch.allclose(cond, uncond)
     out1 = model.denoiser(1.0)(x, sigma, segmap=segmap)
-    assert calls == [1] and torch.allclose(out1, cond, atol=1e-5)
-    assert torch.allclose(model.denoiser(0.0)(x, sigma, segmap=segmap), uncond, atol=1e-5)
+    assert calls == [1] and torch.allclose(out1, cond.clamp(-1, 1), atol=1e-5)
+    assert torch.allclose(model.denoiser(0.0)(x, sigma, segmap=segmap), uncond.clamp(-1, 1), atol=1e-5)
     calls.clear()
     out3 = model.denoiser(3.0)(x, sigma, segmap=segmap)
-    assert calls == [2] and torch.allclose(out3, uncond + 3.0 * (cond - uncond), atol=1e-4)
+    assert calls == [2] and torch.allclose(out3, (uncond + 3.0 * (cond - uncond)).clamp(-1, 1), atol=1e-4)
+    assert out3.abs().max() <= 1.0
 
 
 def _bad(tmp_path, array, name="bad.nii.gz", spacing=(2.0, 2.0, 2.0), raw_nifti=False):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...config import to_dict
-from ...diffusion import ClassifierFreeGuidance, NoiseSchedule, VPDenoiser
+from ...diffusion import ClassifierFreeGuidance, NoiseSchedule, VPDenoiser, clip_x0
 from ...errors import ModelError
 from ...models import ModelCard, load_model
 from ...nets import UNet, UNetConfig
@@ -115,11 +115,14 @@ class CTCAModel:
     def fov_mm(self) -> np.ndarray:
         return np.array(self.shape, dtype=np.float64) * self.spacing_mm
 
-    def denoiser(self, guidance: float) -> ClassifierFreeGuidance:
-        """The guided denoiser ``D(x, sigma, segmap=...)``; ``guidance`` is applied as given (see ClassifierFreeGuidance)."""
+    def denoiser(self, guidance: float):
+        """The guided denoiser ``D(x, sigma, segmap=...)``; ``guidance`` is applied as given (see ClassifierFreeGuidance).
+
+        The estimate is clamped to the HU window ([-1, 1]) after guidance, as guided-diffusion's ``clip_denoised``:
+        at the largest noise levels an eps model's x0 is its eps error times sigma, far outside the data."""
         base = VPDenoiser(self.net, self.schedule, prediction="eps", learned_variance=True)
         stage = self.stage
-        return ClassifierFreeGuidance(base, guidance, {"segmap": lambda s: drop_condition(s, stage)})
+        return clip_x0(ClassifierFreeGuidance(base, guidance, {"segmap": lambda s: drop_condition(s, stage)}))
 
 
 def load_ctca_model(ref: str, device: torch.device | str = "cpu") -> CTCAModel:

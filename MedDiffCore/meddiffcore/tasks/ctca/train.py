@@ -90,14 +90,14 @@ class CTCATask:
 
     def preview(self, net, config: CTCAConfig, device) -> np.ndarray:
         """Mid-slices of the training item 0 (top) and a 10-step sample from its labels (bottom)."""
-        from ...diffusion import ClassifierFreeGuidance, VPDenoiser, get_sampler, initial_noise
+        from ...diffusion import ClassifierFreeGuidance, VPDenoiser, clip_x0, get_sampler, initial_noise
         from ...preview import CT_ANGIO, preview_array
         from .config import model_to_hu
 
         dataset = CTCADataset(config)
         item = dataset[0]
         segmap = item["segmap"][None].to(device)
-        den = ClassifierFreeGuidance(VPDenoiser(net, schedule_of(config), "eps", learned_variance=True), 1.0, {})
+        den = clip_x0(ClassifierFreeGuidance(VPDenoiser(net, schedule_of(config), "eps", learned_variance=True), 1.0, {}))
         sigmas = schedule_of(config).sampling_sigmas(10)
         x = initial_noise(item["x"][None].shape, sigmas, torch.Generator().manual_seed(0)).to(device)
         sample = get_sampler("dpmpp_2m")(den, x, sigmas.to(device), cond={"segmap": segmap})
