@@ -46,7 +46,8 @@ def engine_python() -> list[str]:
     override = os.environ.get("MEDDIFF_ENGINE_PYTHON")
     if override:
         return [override]
-    slicer_python = shutil.which("PythonSlicer")
+    beside = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    slicer_python = shutil.which("PythonSlicer") or (str(beside) if beside.is_file() else None)
     return [slicer_python] if slicer_python else [sys.executable]
 
 

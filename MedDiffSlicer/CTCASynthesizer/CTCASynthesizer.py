@@ -1,0 +1,394 @@
+"""CTCA Synthesizer: a synthetic contrast-enhanced cardiac CT from a heart and coronary label map.
+
+Module, Widget, Logic and Test classes as in Slicer's scripted-module template.
+The widget only moves values between the panel, the parameter node and the
+logic; the logic drives MedDiffSlicerLib, which runs the model in a separate
+engine process (``PythonSlicer -m meddiffcore.worker``), so Slicer never
+imports torch and stays responsive while the engine works.
+"""
+
+import pathlib
+from typing import Annotated, Optional, Union
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MedDiffSlicerLib import ctca
+from MedDiffSlicerLib.engine import EngineCommandError
+from MedDiffSlicerLib.errors import LaunchError
+from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
+from MedDiffSlicerLib.preflight import preflight
+
+#: How often (ms) the widget reads the engine's events while a job runs.
+POLL_INTERVAL_MS = 200
+
+
+class CTCASynthesizer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CTCA Synthesizer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Diffusion Models")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["The MedDiff authors"]
+        self.parent.helpText = _(
+            "Synthesise a contrast-enhanced cardiac CT (CT coronary angiography) from a label map of the heart chambers, "
+            "great vessels and coronary arteries, with a label-conditioned diffusion model. Select a labelmap volume or a "
+            "segmentation, check the segment-to-label table, and press Apply; the new CT appears on the label map's grid. "
+            "The model runs in a separate process: Cancel stops it at any time and leaves the scene as it was.")
+        self.parent.acknowledgementText = _(
+            "Conditioning after Semantic Diffusion Models (SPADE-normalised UNet, classifier-free guidance). Label table of "
+            "TotalSegmentator's heart chambers and ImageCAS coronary arteries.")
+
+
+@parameterNodeWrapper
+class CTCASynthesizerParameterNode:
+    """The module's settings, saved with the scene. Zero/negative numbers mean the model card's default."""
+
+    inputNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
+    model: str = ""
+    steps: Annotated[int, WithinRange(0, 1000)] = 0
+    guidance: Annotated[float, WithinRange(-1.0, 10.0)] = -1.0
+    seed: int = -1
+    samples: Annotated[int, WithinRange(1, 16)] = 1
+    device: str = "auto"
+    batchInputFolder: pathlib.Path = pathlib.Path()
+    batchOutputFolder: pathlib.Path = pathlib.Path()
+    importModelFile: pathlib.Path = pathlib.Path()
+    outputVolume: Optional[vtkMRMLScalarVolumeNode]
+
+
+class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds widgets to the parameter node, turns Apply into Cancel, shows progress, log and failures."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+        self._segmentNames = []
+        self._logLinesShown = 0
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTCASynthesizer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.mappingTable.setHorizontalHeaderLabels([_("Segment"), _("Label")])
+
+        self.logic = CTCASynthesizerLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.timeout.connect(self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.batchButton.clicked.connect(self.onBatchButton)
+        self.ui.importModelButton.clicked.connect(self.onImportModel)
+        self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
+        self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
+
+        self.refreshModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.model and self.logic.card(""):
+            self._parameterNode.model = self.logic.card("")["name"]
+        if not self._parameterNode.inputNode:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
+            if first:
+                self._parameterNode.inputNode = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    # -- models ------------------------------------------------------------------------------------------------
+    def refreshModels(self) -> None:
+        self.ui.modelComboBox.clear()
+        try:
+            cards = self.logic.models(refresh=True)
+        except EngineCommandError as exc:
+            self.ui.statusLabel.setText(_("Engine not available: {error}. Use 'Install dependencies' in the Models section.")
+                                        .format(error=exc))
+            return
+        for card in cards:
+            self.ui.modelComboBox.addItem(card["name"])
+        if not cards:
+            self.ui.statusLabel.setText(_("No CTCA model installed: import one in the Models section."))
+
+    def onModelChanged(self, name) -> None:
+        card = self.logic.card(name)
+        self.ui.modelCardText.setPlainText(card_summary(card) if card else "")
+        self._fillMappingTable()
+
+    def onImportModel(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Model import failed."), waitCursor=True):
+            self._log(self.logic.importModel(self._parameterNode.importModelFile))
+            self.refreshModels()
+
+    def onInstallDependencies(self) -> None:
+        from MedDiffSlicerLib.dependencies import ensure_dependencies
+
+        with slicer.util.tryWithErrorDisplay(_("Installing dependencies failed."), waitCursor=True):
+            installed = ensure_dependencies()
+            self._log(_("Installed: {names}").format(names=", ".join(installed)) if installed else _("Everything is installed."))
+            self.refreshModels()
+
+    # -- input and mapping table -------------------------------------------------------------------------------
+    def onInputChanged(self, node) -> None:
+        self._fillMappingTable()
+        self._updateButtons()
+
+    def _fillMappingTable(self) -> None:
+        node = self._parameterNode.inputNode if self._parameterNode else None
+        isSegmentation = bool(node and node.IsA("vtkMRMLSegmentationNode"))
+        self.ui.mappingTable.setVisible(isSegmentation)
+        self.ui.mappingLabel.setVisible(isSegmentation)
+        self._segmentNames = ctca.segment_names(node) if isSegmentation else []
+        table = label_table(self.logic.card(self._parameterNode.model) or {}) if self._parameterNode else {}
+        mapping = ctca.default_segment_mapping(self._segmentNames, table)
+        self.ui.mappingTable.setRowCount(len(self._segmentNames))
+        for row, name in enumerate(self._segmentNames):
+            segmentItem = qt.QTableWidgetItem(name)
+            segmentItem.setFlags(qt.Qt.ItemIsEnabled)
+            self.ui.mappingTable.setItem(row, 0, segmentItem)
+            self.ui.mappingTable.setItem(row, 1, qt.QTableWidgetItem(mapping[name]))
+
+    def segmentMapping(self) -> dict:
+        """Segment name -> label name, as the user left the table."""
+        mapping = {}
+        for row, name in enumerate(self._segmentNames):
+            item = self.ui.mappingTable.item(row, 1)
+            mapping[name] = item.text().strip() if item is not None else ""
+        return mapping
+
+    # -- run -----------------------------------------------------------------------------------------------------
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self.job is not None
+        ready = bool(self._parameterNode and self._parameterNode.inputNode)
+        self.ui.applyButton.setEnabled(running or ready)
+        self.ui.applyButton.setText(_("Cancel") if running else _("Apply"))
+        self.ui.batchButton.setEnabled(not running)
+
+    def onApplyButton(self) -> None:
+        if self.job is not None:
+            self.ui.statusLabel.setText(_("Cancelling..."))
+            self.job.cancel()
+            return
+        self._start(lambda: self.logic.start(self._parameterNode, self.segmentMapping()))
+
+    def onBatchButton(self) -> None:
+        self._start(lambda: self.logic.startBatch(self._parameterNode))
+
+    def _start(self, launch) -> None:
+        issues = self.logic.preflight(self._parameterNode)
+        for issue in issues:
+            self._log(issue.text())
+        blocking = [issue for issue in issues if issue.blocking]
+        if blocking:
+            slicer.util.errorDisplay("\n\n".join(issue.text() for issue in blocking), windowTitle=_("Cannot start"))
+            return
+        try:
+            self.job = launch()
+        except LaunchError as error:
+            slicer.util.errorDisplay(error.failure.text(), windowTitle=error.failure.title)
+            return
+        self._logLinesShown = 0
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setFormat(_("starting engine"))
+        self.ui.statusLabel.setText(_("Running; press Cancel to stop."))
+        self._updateButtons()
+        self.timer.start()
+
+    def onPoll(self) -> None:
+        if self.job is None:
+            self.timer.stop()
+            return
+        finished = self.job.poll()
+        progress = self.job.progress
+        self.ui.progressBar.setValue(int(round(progress.percent)))
+        self.ui.progressBar.setFormat(progress.text())
+        for line in self.job.log[self._logLinesShown:]:
+            self._log(line)
+        self._logLinesShown = len(self.job.log)
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.timer.stop()
+        job, self.job = self.job, None
+        self._updateButtons()
+        if job.succeeded:
+            self.ui.progressBar.setFormat(_("done"))
+            if job.nodes:
+                self._parameterNode.outputVolume = job.nodes[0]
+                self.logic.showInSliceViews(job.nodes[0], self._parameterNode.inputNode)
+                self.ui.statusLabel.setText(_("Added {names}.").format(names=", ".join(n.GetName() for n in job.nodes)))
+            else:
+                self.ui.statusLabel.setText(_("Batch finished: see the output folder."))
+        elif job.failure.cancelled:
+            self.ui.progressBar.setFormat(_("cancelled"))
+            self.ui.statusLabel.setText(_("Cancelled; the scene is unchanged."))
+        else:
+            self.ui.progressBar.setFormat(_("failed"))
+            self.ui.statusLabel.setText(job.failure.title)
+            slicer.util.errorDisplay(job.failure.text(), windowTitle=job.failure.title, detailedText="\n".join(job.log[-40:]))
+
+    def _log(self, text: str) -> None:
+        self.ui.logText.appendPlainText(text)
+
+
+class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
+    """Runs CTCA synthesis on scene nodes through the engine process; no GUI, usable from the Python console."""
+
+    def __init__(self, engineEnv: Optional[dict] = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.engineEnv = engineEnv  # tests point the engine at their own model folder
+        self._cards = None
+
+    def getParameterNode(self):
+        return CTCASynthesizerParameterNode(super().getParameterNode())
+
+    def models(self, refresh: bool = False) -> list:
+        if self._cards is None or refresh:
+            self._cards = list_models(task="ctca", env=self.engineEnv)
+        return self._cards
+
+    def card(self, name: str) -> Optional[dict]:
+        cards = self._cards or []
+        return next((c for c in cards if c["name"] == name), cards[0] if cards and not name else None)
+
+    def importModel(self, path) -> str:
+        return import_model(path, env=self.engineEnv)
+
+    def options(self, parameterNode) -> ctca.SynthesisOptions:
+        return ctca.SynthesisOptions(model=parameterNode.model, steps=parameterNode.steps, guidance=parameterNode.guidance,
+                                     seed=parameterNode.seed, samples=parameterNode.samples, device=parameterNode.device)
+
+    def preflight(self, parameterNode) -> list:
+        return preflight(parameterNode.device, self.card(parameterNode.model), env=self.engineEnv)
+
+    def start(self, parameterNode, segmentMapping: Optional[dict] = None):
+        """Start synthesis for the parameter node's input; returns the running job (poll or wait on it)."""
+        return ctca.start_synthesis(parameterNode.inputNode, self.options(parameterNode), segmentMapping, env=self.engineEnv)
+
+    def startBatch(self, parameterNode):
+        return ctca.start_batch(parameterNode.batchInputFolder, parameterNode.batchOutputFolder, self.options(parameterNode),
+                                env=self.engineEnv)
+
+    def synthesize(self, inputNode, options: ctca.SynthesisOptions, segmentMapping: Optional[dict] = None,
+                   timeoutSeconds: Optional[float] = None) -> list:
+        """Blocking mode (scripts, tests): the new CT nodes, or RuntimeError with the failure's text."""
+        job = ctca.start_synthesis(inputNode, options, segmentMapping, env=self.engineEnv)
+        if not job.wait(timeoutSeconds):
+            job.cancel()
+            job.wait(30)
+            raise RuntimeError(job.failure.text() if job.failure else "the engine did not finish in time")
+        return job.nodes
+
+    @staticmethod
+    def showInSliceViews(ctNode, inputNode=None) -> None:
+        """CT in the background of every slice view, a label map input as outline on top."""
+        label = inputNode if inputNode is not None and inputNode.IsA("vtkMRMLLabelMapVolumeNode") else None
+        slicer.util.setSliceViewerLayers(background=ctNode, label=label, labelOpacity=0.4, fit=True)
+
+
+class CTCASynthesizerTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (ctest via slicer_add_python_unittest): the bundled demo model on the CPU, a few steps."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_LabelMapBecomesCTOnItsGrid()
+        self.setUp()
+        self.test_UnknownLabelsLeaveSceneUnchanged()
+
+    def _labelMap(self, extraValue: int = 0):
+        import numpy as np
+
+        zyx = np.indices((48, 48, 48)).astype(float)
+        radius = np.sqrt(((zyx - 24.0) ** 2).sum(axis=0))
+        labels = np.zeros((48, 48, 48), np.uint8)
+        labels[radius < 18] = 1  # myocardium
+        labels[radius < 14] = 3  # left ventricle
+        labels[(radius >= 18) & (radius < 19.5) & (zyx[2] > 24)] = 8  # a coronary shell
+        if extraValue:
+            labels[0, 0, 0] = extraValue
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "test heart")
+        slicer.util.updateVolumeFromArray(node, labels)
+        node.SetSpacing(2.5, 2.5, 2.5)
+        node.SetOrigin(-60.0, -60.0, -60.0)
+        return node
+
+    def test_LabelMapBecomesCTOnItsGrid(self):
+        self.delayDisplay("Synthesising a CT from a spherical heart")
+        logic = CTCASynthesizerLogic()
+        labelNode = self._labelMap()
+        nodes = logic.synthesize(labelNode, ctca.SynthesisOptions(steps=3, seed=1, device="cpu"), timeoutSeconds=600)
+        self.assertEqual(len(nodes), 1)
+        ct = nodes[0]
+        self.assertEqual(ct.GetImageData().GetDimensions(), labelNode.GetImageData().GetDimensions())
+        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        ct.GetIJKToRASMatrix(a)
+        labelNode.GetIJKToRASMatrix(b)
+        for i in range(4):
+            for j in range(4):
+                self.assertAlmostEqual(a.GetElement(i, j), b.GetElement(i, j), places=6)
+        self.assertGreaterEqual(slicer.util.arrayFromVolume(ct).min(), -1024)
+        self.delayDisplay("Test passed")
+
+    def test_UnknownLabelsLeaveSceneUnchanged(self):
+        logic = CTCASynthesizerLogic()
+        labelNode = self._labelMap(extraValue=77)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(RuntimeError) as caught:
+            logic.synthesize(labelNode, ctca.SynthesisOptions(steps=3, seed=1, device="cpu"), timeoutSeconds=600)
+        self.assertIn("77", str(caught.exception))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Test passed")

@@ -1,0 +1,35 @@
+"""Fixtures of the widget tests: offscreen Qt, the Slicer Qt double, a tiny model, a fresh scene."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer"))
+
+from slicer_helpers import add_module_paths, engine_env, new_scene, save_tiny_ctca_model  # noqa: E402
+
+add_module_paths()
+
+
+@pytest.fixture(scope="session")
+def gui_meddiff_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("meddiff_home_gui")
+    save_tiny_ctca_model(home)
+    return home
+
+
+@pytest.fixture()
+def double(monkeypatch, gui_meddiff_home):
+    """The Qt double installed, the engine pointed at the tiny model, and a fresh scene."""
+    from slicer_qt_double import install
+
+    for key, value in engine_env(gui_meddiff_home).items():
+        if key in ("MEDDIFF_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.setenv(key, value)
+    recorder = install(monkeypatch)
+    recorder.scene = new_scene()
+    monkeypatch.delitem(sys.modules, "CTCASynthesizer", raising=False)
+    return recorder

@@ -1,0 +1,131 @@
+"""The CTCA Synthesizer panel through the Slicer Qt double: real .ui, real parameter node, real engine.
+
+Writes the panel picture used by the README (Resources/Screenshots/CTCASynthesizer.png).
+"""
+
+import ast
+import importlib
+import os
+import re
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from slicer_helpers import ROOT, TINY_MODEL, add_labelmap_node, phantom_labels, scene_snapshot
+
+MODULE_DIR = ROOT / "MedDiffSlicer" / "CTCASynthesizer"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "CTCASynthesizer.ui"
+SCREENSHOT = ROOT / "Resources" / "Screenshots" / "CTCASynthesizer.png"
+
+
+def _ui_names() -> set[str]:
+    return {w.get("name") for w in ET.parse(UI_FILE).iter("widget") if w.get("name")}
+
+
+def _bound_parameters() -> set[str]:
+    root = ET.parse(UI_FILE)
+    return {p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
+
+
+def _parameter_fields() -> set[str]:
+    tree = ast.parse((MODULE_DIR / "CTCASynthesizer.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CTCASynthesizerParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui_file():
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CTCASynthesizer.py").read_text()))
+    assert used, "the widget uses no ui names?"
+    assert used <= _ui_names(), f"missing in the .ui file: {sorted(used - _ui_names())}"
+
+
+def test_every_bound_widget_names_a_parameter_of_the_parameter_node():
+    bound = _bound_parameters()
+    assert {"inputNode", "model", "steps", "guidance", "seed", "samples", "device"} <= bound
+    assert bound <= _parameter_fields(), f"unknown parameters: {sorted(bound - _parameter_fields())}"
+
+
+def _widget(double):
+    module = importlib.import_module("CTCASynthesizer")
+    widget = module.CTCASynthesizerWidget()
+    widget.setup()
+    widget.parent.resize(420, 900)
+    return widget
+
+
+def _run_until_idle(double, widget, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while widget.job is not None:
+        double.app.processEvents()
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.02)
+    double.app.processEvents()
+
+
+def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture(double, tmp_path):
+    labels, ijk_to_ras = phantom_labels()
+    node = add_labelmap_node(double.scene, labels, ijk_to_ras)
+    widget = _widget(double)
+    params = widget._parameterNode
+    assert params.inputNode is node  # the first label map is picked up
+    assert params.model == TINY_MODEL and TINY_MODEL in widget.ui.modelCardText.toPlainText()
+    params.steps, params.seed, params.device = 8, 5, "cpu"
+    assert widget.ui.stepsSpinBox.value() == 8 and widget.ui.deviceComboBox.currentText() == "cpu"
+
+    widget.ui.applyButton.click()
+    assert widget.ui.applyButton.text() == "Cancel"
+    seen_formats = set()
+    picture = tmp_path / "panel.png"
+    deadline = time.monotonic() + 120
+    while widget.job is not None:
+        double.app.processEvents()
+        seen_formats.add(widget.ui.progressBar.format())
+        if "ETA" in widget.ui.progressBar.format() and not picture.exists():
+            assert widget.parent.grab().save(str(picture))  # the panel while the engine runs: percent and ETA
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert double.errors == [], double.errors
+    ct = params.outputVolume
+    assert ct is not None and ct.GetName() == "heart labels synthetic CT" and ct.IsA("vtkMRMLScalarVolumeNode")
+    assert double.slice_layers[-1]["background"] is ct and double.slice_layers[-1]["label"] is node
+    assert widget.ui.applyButton.text() == "Apply" and widget.ui.progressBar.value() == 100
+    assert any(f.startswith("sampling") for f in seen_formats), seen_formats
+    assert "Added" in widget.ui.statusLabel.text()
+
+    if not picture.exists():  # the run was too quick to catch mid-way
+        assert widget.parent.grab().save(str(picture))
+    assert picture.stat().st_size > 5000
+    if os.environ.get("MEDDIFF_WRITE_SCREENSHOTS"):
+        shutil.copyfile(picture, SCREENSHOT)
+
+
+def test_cancel_from_the_panel_leaves_the_scene_unchanged(double):
+    labels, ijk_to_ras = phantom_labels()
+    add_labelmap_node(double.scene, labels, ijk_to_ras)
+    widget = _widget(double)
+    params = widget._parameterNode
+    params.steps, params.device = 400, "cpu"
+    before = scene_snapshot(double.scene)
+    widget.ui.applyButton.click()
+    deadline = time.monotonic() + 60
+    while widget.job is not None and widget.job.progress.total == 0:
+        double.app.processEvents()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    widget.ui.applyButton.click()  # the same button, now Cancel
+    _run_until_idle(double, widget, 30)
+    assert "Cancelled" in widget.ui.statusLabel.text() and double.errors == []
+    assert scene_snapshot(double.scene) == before
+
+
+def test_a_failure_is_shown_with_its_fix(double):
+    labels, ijk_to_ras = phantom_labels()
+    labels[labels == 6] = 99
+    add_labelmap_node(double.scene, labels, ijk_to_ras)
+    widget = _widget(double)
+    widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
+    widget.ui.applyButton.click()
+    _run_until_idle(double, widget)
+    assert len(double.errors) == 1 and "99" in double.errors[0] and "Fix:" in double.errors[0]
+    assert widget._parameterNode.outputVolume is None and widget.ui.applyButton.text() == "Apply"
