@@ -36,7 +36,7 @@ class DiffusionConfig:
     cond_drop_prob: float = 0.2
     """Probability of zeroing the condition (labels and reference) in training, for classifier-free guidance."""
     vb_weight: float = 1.0
-    """Weight of the variational bound term of the hybrid loss (learned-range variance)."""
+    """Weight of the variational bound of the hybrid loss, relative to improved DDPM's lambda = 0.001 (1 = the paper's)."""
     sampler: str = "dpmpp_2m"
     steps: int = 25
     guidance: float = 1.0
