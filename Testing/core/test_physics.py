@@ -114,3 +114,14 @@ def test_cg_data_consistency_reduces_residual():
     r0 = (pb.forward(x0) - y).norm()
     x = data_consistency_cg(pb, y, x0, iters=10)
     assert (pb.forward(x) - y).norm() < 0.2 * r0
+
+
+def test_cg_on_a_coupling_singular_operator_stays_finite():
+    from meddiffcore.tasks.recon.problems import ZSRProblem
+
+    problem = ZSRProblem(4)
+    x_true = torch.rand(16, 8, 8)
+    y = problem.forward(x_true)
+    x = data_consistency_cg(problem, y, torch.zeros_like(x_true), iters=20)
+    assert torch.isfinite(x).all()
+    assert (problem.forward(x) - y).norm() < 1e-4 * y.norm()

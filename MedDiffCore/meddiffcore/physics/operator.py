@@ -30,30 +30,48 @@ def adjoint_mismatch(op: LinearOperator, x: Tensor, y: Tensor) -> float:
     return float((lhs - rhs).abs() / lhs.abs().clamp(min=1e-30))
 
 
-def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int, tol: float = 0.0) -> Tensor:
-    """Solve ``M x = b`` for a symmetric positive (semi-)definite ``M`` given as ``apply``; batched over axis 0."""
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, iters: int, tol: float = 0.0,
+                       per_item: bool = True) -> Tensor:
+    """Solve ``M x = b`` for a symmetric positive (semi-)definite ``M`` given as ``apply``.
+
+    ``per_item``: ``M`` acts on each item of axis 0 separately (slice-wise CT or MRI), so
+    every item gets its own step sizes; otherwise the whole tensor is one unknown (an
+    operator that couples items, such as z-axis slice averaging). Items whose residual
+    has vanished stop moving (no division by a zero curvature on a singular ``M``).
+    """
+    if not per_item:
+        return conjugate_gradient(lambda v: apply(v[0])[None], b[None], x0[None], iters, tol, True)[0]
+    tiny = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).tiny
     x = x0.clone()
     r = b - apply(x)
     p = r.clone()
     rs = _dot(r, r)
+    rs0 = _dot(b, b).clamp(min=tiny)
     shape = (-1,) + (1,) * (b.ndim - 1)
     for _ in range(iters):
         mp = apply(p)
-        alpha = rs / _dot(p, mp).clamp(min=1e-30)
+        pmp = _dot(p, mp)
+        alpha = torch.where(pmp > 0, rs / pmp.clamp(min=tiny), torch.zeros_like(rs))
         x = x + alpha.view(shape) * p
         r = r - alpha.view(shape) * mp
         rs_new = _dot(r, r)
-        if tol > 0 and bool((rs_new.sqrt() <= tol * b.flatten(1).norm(dim=1)).all()):
+        done = rs_new <= max(tol * tol, 1e-14) * rs0
+        if bool(done.all()):
             break
-        p = r + (rs_new / rs.clamp(min=1e-30)).view(shape) * p
+        beta = torch.where(done | (rs <= 0), torch.zeros_like(rs), rs_new / rs.clamp(min=tiny))
+        p = torch.where(done.view(shape), torch.zeros_like(p), r + beta.view(shape) * p)
         rs = rs_new
     return x
 
 
 def data_consistency_cg(op: LinearOperator, y: Tensor, x_init: Tensor, iters: int, gamma: float = 0.0) -> Tensor:
-    """A few CG iterations on ``||A x - y||^2 + gamma ||x - x_init||^2`` started at ``x_init`` (DDS's step)."""
+    """A few CG iterations on ``||A x - y||^2 + gamma ||x - x_init||^2`` started at ``x_init`` (DDS's step).
+
+    The operator's ``cg_per_item`` attribute (default True) says whether it acts on each
+    item of axis 0 separately (see :func:`conjugate_gradient`)."""
     if iters <= 0:
         return x_init
     b = op.adjoint(y) + gamma * x_init
-    out = conjugate_gradient(lambda v: op.adjoint(op.forward(v)) + gamma * v, b, x_init, iters)
+    out = conjugate_gradient(lambda v: op.adjoint(op.forward(v)) + gamma * v, b, x_init, iters,
+                             per_item=getattr(op, "cg_per_item", True))
     return out.real if not x_init.is_complex() and out.is_complex() else out

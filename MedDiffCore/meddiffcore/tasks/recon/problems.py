@@ -53,6 +53,7 @@ class ZSRProblem:
     """Z-axis super-resolution: thick slices are averages of ``factor`` thin slices."""
 
     factor: int
+    cg_per_item = False  # averaging couples the z slices: CG over the whole volume
 
     def __post_init__(self) -> None:
         self.op = SliceAverage(self.factor, axis=0)
