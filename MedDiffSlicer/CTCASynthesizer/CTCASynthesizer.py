@@ -76,6 +76,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.job = None
         self._segmentNames = []
+        self._mappedNode = None
         self._logLinesShown = 0
 
     def setup(self) -> None:
@@ -163,7 +164,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChanged(self, name) -> None:
         card = self.logic.card(name)
         self.ui.modelCardText.setPlainText(card_summary(card) if card else "")
-        self._fillMappingTable()
+        self._fillMappingTable(self._parameterNode.inputNode if self._parameterNode else None, name)
 
     def onImportModel(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Model import failed."), waitCursor=True):
@@ -180,16 +181,17 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- input and mapping table -------------------------------------------------------------------------------
     def onInputChanged(self, node) -> None:
-        self._fillMappingTable()
-        self._updateButtons()
+        # use the node the combo box gives: the parameter node may be updated after this slot runs
+        self._fillMappingTable(node, self._parameterNode.model if self._parameterNode else "")
 
-    def _fillMappingTable(self) -> None:
-        node = self._parameterNode.inputNode if self._parameterNode else None
+    def _fillMappingTable(self, node, modelName: str) -> None:
+        """One row per segment of a segmentation input: its name and the model's label matched by name."""
+        self._mappedNode = node
         isSegmentation = bool(node and node.IsA("vtkMRMLSegmentationNode"))
         self.ui.mappingTable.setVisible(isSegmentation)
         self.ui.mappingLabel.setVisible(isSegmentation)
         self._segmentNames = ctca.segment_names(node) if isSegmentation else []
-        table = label_table(self.logic.card(self._parameterNode.model) or {}) if self._parameterNode else {}
+        table = label_table(self.logic.card(modelName) or {})
         mapping = ctca.default_segment_mapping(self._segmentNames, table)
         self.ui.mappingTable.setRowCount(len(self._segmentNames))
         for row, name in enumerate(self._segmentNames):
@@ -208,6 +210,8 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- run -----------------------------------------------------------------------------------------------------
     def _updateButtons(self, caller=None, event=None) -> None:
+        if self._parameterNode and self._parameterNode.inputNode is not self._mappedNode:  # set from a script or a scene
+            self._fillMappingTable(self._parameterNode.inputNode, self._parameterNode.model)
         running = self.job is not None
         ready = bool(self._parameterNode and self._parameterNode.inputNode)
         self.ui.applyButton.setEnabled(running or ready)
@@ -264,7 +268,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
         if job.succeeded:
             self.ui.progressBar.setFormat(_("done"))
-            if job.nodes:
+            if job.nodes and self._parameterNode:
                 self._parameterNode.outputVolume = job.nodes[0]
                 self.logic.showInSliceViews(job.nodes[0], self._parameterNode.inputNode)
                 self.ui.statusLabel.setText(_("Added {names}.").format(names=", ".join(n.GetName() for n in job.nodes)))

@@ -129,3 +129,38 @@ def test_a_failure_is_shown_with_its_fix(double):
     _run_until_idle(double, widget)
     assert len(double.errors) == 1 and "99" in double.errors[0] and "Fix:" in double.errors[0]
     assert widget._parameterNode.outputVolume is None and widget.ui.applyButton.text() == "Apply"
+
+
+def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double):
+    import slicer
+
+    labels, ijk_to_ras = phantom_labels()
+    labelmap = add_labelmap_node(double.scene, labels, ijk_to_ras)
+    segmentation = double.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "heart")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    seg = segmentation.GetSegmentation()
+    names = {1: "Myocardium", 3: "Left Ventricle", 8: "coronary arteries"}
+    for i in range(seg.GetNumberOfSegments()):
+        segment = seg.GetNthSegment(i)
+        segment.SetName(names.get(segment.GetLabelValue(), f"structure {segment.GetLabelValue()}"))
+    widget = _widget(double)
+    widget.ui.inputSelector.setCurrentNode(segmentation)  # what the user does in the combo box
+    assert widget._parameterNode.inputNode is segmentation
+    table = widget.ui.mappingTable
+    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    assert rows["Left Ventricle"] == "left_ventricle" and rows["coronary arteries"] == "coronary_arteries"
+    unmatched = [name for name, label in rows.items() if not label]
+    assert unmatched  # "structure N" names match nothing: the user must choose
+
+    widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
+    widget.ui.applyButton.click()  # refused: unmapped segments
+    assert widget.job is None and len(double.errors) == 1 and "not mapped" in double.errors[0]
+
+    for r in range(table.rowCount()):
+        if not table.item(r, 1).text():
+            table.item(r, 1).setText("background")  # the user's edit: leave those out
+    widget.ui.applyButton.click()
+    _run_until_idle(double, widget)
+    assert len(double.errors) == 1, double.errors
+    assert widget._parameterNode.outputVolume.GetName() == "heart synthetic CT"
