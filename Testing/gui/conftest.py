@@ -9,24 +9,17 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer"))
 
-from slicer_helpers import add_module_paths, engine_env, new_scene, save_tiny_ctca_model  # noqa: E402
+from slicer_helpers import add_module_paths, engine_env, meddiff_home, new_scene  # noqa: E402,F401 - a fixture
 
 add_module_paths()
 
 
-@pytest.fixture(scope="session")
-def gui_meddiff_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("meddiff_home_gui")
-    save_tiny_ctca_model(home)
-    return home
-
-
 @pytest.fixture()
-def double(monkeypatch, gui_meddiff_home):
+def double(monkeypatch, meddiff_home):  # noqa: F811
     """The Qt double installed, the engine pointed at the tiny model, and a fresh scene."""
     from slicer_qt_double import install
 
-    for key, value in engine_env(gui_meddiff_home).items():
+    for key, value in engine_env(meddiff_home).items():
         if key in ("MEDDIFF_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             monkeypatch.setenv(key, value)
     recorder = install(monkeypatch)

@@ -2,20 +2,13 @@
 
 import pytest
 
-from slicer_helpers import add_module_paths, engine_env, new_scene, save_tiny_ctca_model
+from slicer_helpers import add_module_paths, engine_env, meddiff_home, new_scene  # noqa: F401 - meddiff_home is a fixture
 
 add_module_paths()
 
 
-@pytest.fixture(scope="session")
-def meddiff_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("meddiff_home")
-    save_tiny_ctca_model(home)
-    return home
-
-
 @pytest.fixture()
-def env(meddiff_home):
+def env(meddiff_home):  # noqa: F811
     return engine_env(meddiff_home)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SLICER_MODULES = ROOT / "MedDiffSlicer"
@@ -96,3 +97,11 @@ def scene_snapshot(scene) -> list[tuple[str, str]]:
     """(class, name) of every node: what "the scene is unchanged" compares."""
     return sorted((scene.GetNthNode(i).GetClassName(), scene.GetNthNode(i).GetName() or "")
                   for i in range(scene.GetNumberOfNodes()))
+
+
+@pytest.fixture(scope="session")
+def meddiff_home(tmp_path_factory):
+    """A MEDDIFF_HOME holding the tiny model (import this fixture into a conftest)."""
+    home = tmp_path_factory.mktemp("meddiff_home")
+    save_tiny_ctca_model(home)
+    return home

@@ -110,12 +110,18 @@ def test_unknown_labels_are_reported_by_the_engine_and_scene_unchanged(scene, en
     assert (job.work.path / "job.json").is_file()  # kept for diagnosis
 
 
-def test_cancel_stops_the_engine_and_adds_nothing(scene, env):
+def _long_job_under_way(scene, env):
+    """A 400-step job that has reported progress, and the scene as it was before it started."""
     labels, ijk_to_ras = phantom_labels()
     node = add_labelmap_node(scene, labels, ijk_to_ras)
     before = scene_snapshot(scene)
     job = ctca.start_synthesis(node, SLOW, env=env)
     _wait_for_progress(job)
+    return job, before
+
+
+def test_cancel_stops_the_engine_and_adds_nothing(scene, env):
+    job, before = _long_job_under_way(scene, env)
     started = time.monotonic()
     job.cancel()
     assert not job.wait(30)
@@ -126,11 +132,7 @@ def test_cancel_stops_the_engine_and_adds_nothing(scene, env):
 
 
 def test_a_crashed_engine_is_reported_and_scene_unchanged(scene, env):
-    labels, ijk_to_ras = phantom_labels()
-    node = add_labelmap_node(scene, labels, ijk_to_ras)
-    before = scene_snapshot(scene)
-    job = ctca.start_synthesis(node, SLOW, env=env)
-    _wait_for_progress(job)
+    job, before = _long_job_under_way(scene, env)
     os.kill(job.engine.pid, signal.SIGKILL)  # what the kernel's OOM killer does
     assert not job.wait(30)
     assert job.failure.code == "ENGINE_CRASHED" and "SIGKILL" in job.failure.message
