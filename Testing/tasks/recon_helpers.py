@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 
-def install_tiny_recon_model(home: Path, name: str = "tiny-recon", modality: str = "ct") -> str:
+def install_tiny_recon_model(home: Path, name: str = "tiny-recon", modality: str = "ct", parameterization: str = "ve") -> str:
     from meddiffcore.models import save_model
     from meddiffcore.nets import UNetConfig
     from meddiffcore.tasks.recon.config import DataConfig, DiffusionConfig, ReconConfig
@@ -17,7 +17,7 @@ def install_tiny_recon_model(home: Path, name: str = "tiny-recon", modality: str
     torch.manual_seed(0)
     cfg = ReconConfig(name=name, network=UNetConfig(spatial_dims=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                                    middle_attention=False, norm_groups=4, attention_head_channels=8),
-                      diffusion=DiffusionConfig(), data=DataConfig(modality=modality, size=16))
+                      diffusion=DiffusionConfig(parameterization=parameterization), data=DataConfig(modality=modality, size=16))
     pair = PriorPair(cfg.network, cfg.diffusion)
     save_model(home / "models", TASK.model_card(cfg), pair.state_dict())
     return name

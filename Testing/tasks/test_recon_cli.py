@@ -62,6 +62,16 @@ def test_ct_simulate_keeps_geometry_and_both_modes_run(tmp_path, home):
         assert read_volume(tmp_path / f"fbp_{mode}.nii.gz").shape == src.shape
 
 
+def test_vp_prior_runs_in_both_modes(tmp_path, home):
+    install_tiny_recon_model(home, "tiny-vp", "ct", "vp")
+    _ct_volume(tmp_path / "in.nii.gz")
+    for mode in ("fast", "tpdm"):
+        out = tmp_path / f"vp_{mode}.nii.gz"
+        assert main(["recon", "ct", "--simulate-from", str(tmp_path / "in.nii.gz"), "--views", "8", "--out", str(out),
+                     "--model", "tiny-vp", "--mode", mode, *FAST]) == 0
+        assert np.isfinite(read_volume(out).array).all()
+
+
 def test_ct_from_sinogram_file(tmp_path, home):
     import torch
 
