@@ -16,14 +16,14 @@ import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from MedDiffSlicerLib import ctca
 from MedDiffSlicerLib.engine import EngineCommandError
-from MedDiffSlicerLib.errors import LaunchError
+from MedDiffSlicerLib.errors import Failure, LaunchError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
 from MedDiffSlicerLib.preflight import preflight
 
@@ -52,17 +52,17 @@ class CTCASynthesizer(ScriptedLoadableModule):
 class CTCASynthesizerParameterNode:
     """The module's settings, saved with the scene. Zero/negative numbers mean the model card's default."""
 
-    inputNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
-    model: str = ""
+    inputNode: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    model: str = ""  # not bound to its combo box: the choices are the installed models, known only at run time
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     guidance: Annotated[float, WithinRange(-1.0, 10.0)] = -1.0
-    seed: int = -1
+    seed: Annotated[int, WithinRange(-1, 2**31 - 1)] = -1
     samples: Annotated[int, WithinRange(1, 16)] = 1
-    device: str = "auto"
+    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     batchInputFolder: pathlib.Path = pathlib.Path()
     batchOutputFolder: pathlib.Path = pathlib.Path()
     importModelFile: pathlib.Path = pathlib.Path()
-    outputVolume: Optional[vtkMRMLScalarVolumeNode]
+    outputVolume: vtkMRMLScalarVolumeNode
 
 
 class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -162,6 +162,8 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.setText(_("No CTCA model installed: import one in the Models section."))
 
     def onModelChanged(self, name) -> None:
+        if self._parameterNode and name and self._parameterNode.model != name:
+            self._parameterNode.model = name
         card = self.logic.card(name)
         self.ui.modelCardText.setPlainText(card_summary(card) if card else "")
         self._fillMappingTable(self._parameterNode.inputNode if self._parameterNode else None, name)
@@ -212,6 +214,10 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self, caller=None, event=None) -> None:
         if self._parameterNode and self._parameterNode.inputNode is not self._mappedNode:  # set from a script or a scene
             self._fillMappingTable(self._parameterNode.inputNode, self._parameterNode.model)
+        if self._parameterNode and self._parameterNode.model:
+            index = self.ui.modelComboBox.findText(self._parameterNode.model)
+            if index >= 0:
+                self.ui.modelComboBox.setCurrentIndex(index)
         running = self.job is not None
         ready = bool(self._parameterNode and self._parameterNode.inputNode)
         self.ui.applyButton.setEnabled(running or ready)
@@ -321,6 +327,12 @@ class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
         return ctca.start_synthesis(parameterNode.inputNode, self.options(parameterNode), segmentMapping, env=self.engineEnv)
 
     def startBatch(self, parameterNode):
+        """Start the batch job on the parameter node's folders (an unset folder is refused, not taken as '.')."""
+        for folder, what in ((parameterNode.batchInputFolder, _("label map folder")),
+                             (parameterNode.batchOutputFolder, _("output folder"))):
+            if str(folder) in ("", "."):
+                raise LaunchError(Failure("BAD_CONFIG", _("no {what} chosen").format(what=what),
+                                          _("choose the {what} in the Batch section").format(what=what)))
         return ctca.start_batch(parameterNode.batchInputFolder, parameterNode.batchOutputFolder, self.options(parameterNode),
                                 env=self.engineEnv)
 

@@ -162,6 +162,7 @@ def parameterNodeWrapper(cls):
             for widget, name in bindings:
                 if name not in hints:
                     raise AttributeError(f"widget '{widget.objectName()}' is bound to unknown parameter '{name}'")
+                _configure(widget, hints[name])
                 _connect(widget, lambda value, n=name: setattr(self, n, value))
             push = lambda *args: [_push(w, getattr(self, n)) for w, n in bindings]  # noqa: E731
             push()
@@ -189,6 +190,36 @@ def parameterNodeWrapper(cls):
     return Wrapper
 
 
+@dataclass(frozen=True)
+class WithinRange:
+    minimum: float
+    maximum: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: list
+
+
+def _annotations(hint) -> tuple:
+    return typing.get_args(hint)[1:] if typing.get_origin(hint) is typing.Annotated else ()
+
+
+def _configure(widget, hint) -> None:
+    """What Slicer's connectors do on connection: spin box ranges from WithinRange (else unbounded), combo items from Choice."""
+    within = next((a for a in _annotations(hint) if isinstance(a, WithinRange)), None)
+    choice = next((a for a in _annotations(hint) if isinstance(a, Choice)), None)
+    if isinstance(widget, QtWidgets.QSpinBox):
+        widget.setRange(*((int(within.minimum), int(within.maximum)) if within else (-2**31, 2**31 - 1)))
+    elif isinstance(widget, QtWidgets.QDoubleSpinBox):
+        widget.setRange(*((within.minimum, within.maximum) if within else (float("-inf"), float("inf"))))
+    elif isinstance(widget, QtWidgets.QComboBox) and not isinstance(widget, qMRMLNodeComboBox):
+        if choice is None:
+            raise RuntimeError(f"'{widget.objectName()}': Slicer binds a QComboBox only to a parameter with a Choice annotation")
+        widget.clear()
+        widget.addItems([str(c) for c in choice.choices])
+
+
 def _connect(widget, setter) -> None:
     if isinstance(widget, qMRMLNodeComboBox):
         widget.currentNodeChanged.connect(setter)
@@ -209,14 +240,10 @@ def _push(widget, value) -> None:
     elif isinstance(widget, (QtWidgets.QSpinBox, QtWidgets.QDoubleSpinBox)):
         widget.setValue(value)
     elif isinstance(widget, ctkPathLineEdit):
-        widget.setCurrentPath("" if str(value) == "." else str(value))
+        widget.setCurrentPath(str(value))
     elif isinstance(widget, QtWidgets.QComboBox) and value:
         widget.setCurrentText(value)
     del blocker
-
-
-def WithinRange(low, high):  # noqa: N802 - Slicer's spelling
-    return ("WithinRange", low, high)
 
 
 # -- ScriptedLoadableModule ----------------------------------------------------------------------------------------
@@ -290,7 +317,8 @@ def install(monkeypatch) -> Recorder:
                                           "ScriptedLoadableModuleWidget": ScriptedLoadableModuleWidget,
                                           "ScriptedLoadableModuleLogic": ScriptedLoadableModuleLogic,
                                           "ScriptedLoadableModuleTest": ScriptedLoadableModuleTest},
-        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": parameterNodeWrapper, "WithinRange": WithinRange},
+        "slicer.parameterNodeWrapper": {"parameterNodeWrapper": parameterNodeWrapper, "WithinRange": WithinRange,
+                                        "Choice": Choice},
         "slicer.i18n": {"tr": lambda text: text, "translate": lambda context, text: text},
     }.items():
         module = types.ModuleType(name)

@@ -10,7 +10,6 @@ import re
 import shutil
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from slicer_helpers import ROOT, TINY_MODEL, add_labelmap_node, phantom_labels, scene_snapshot
 
@@ -42,7 +41,7 @@ def test_every_widget_the_code_uses_exists_in_the_ui_file():
 
 def test_every_bound_widget_names_a_parameter_of_the_parameter_node():
     bound = _bound_parameters()
-    assert {"inputNode", "model", "steps", "guidance", "seed", "samples", "device"} <= bound
+    assert {"inputNode", "steps", "guidance", "seed", "samples", "device"} <= bound
     assert bound <= _parameter_fields(), f"unknown parameters: {sorted(bound - _parameter_fields())}"
 
 
@@ -117,6 +116,13 @@ def test_cancel_from_the_panel_leaves_the_scene_unchanged(double):
     _run_until_idle(double, widget, 30)
     assert "Cancelled" in widget.ui.statusLabel.text() and double.errors == []
     assert scene_snapshot(double.scene) == before
+
+
+def test_batch_without_folders_is_refused_with_a_message(double):
+    widget = _widget(double)
+    assert widget.ui.batchInputPathLineEdit.text() == "."  # what Slicer shows for an unset pathlib.Path
+    widget.ui.batchButton.click()
+    assert widget.job is None and len(double.errors) == 1 and "no label map folder chosen" in double.errors[0]
 
 
 def test_a_failure_is_shown_with_its_fix(double):
