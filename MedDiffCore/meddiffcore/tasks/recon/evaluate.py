@@ -148,17 +148,25 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 
 
 def store_in_card(ref: str, figures: dict[str, Any], note: str = "") -> None:
-    """Write ``figures`` into the card's ``metrics`` (under ``evaluation``) of the model ``ref``, in place."""
-    import dataclasses
+    """Write ``figures`` into the card's ``metrics`` (under ``evaluation``) of the model ``ref``.
 
-    from ...models import find_model, load_model, save_model
+    Only the card is rewritten (atomically); the weights and their sha256 stay as they are.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from ...io.atomic import atomic_output
+    from ...models import ModelCard, find_model, verify_model
 
     files = find_model(ref)
-    card, tensors = load_model(str(files.card_path))
+    card = verify_model(files)
     metrics = {**card.metrics, "evaluation": {**card.metrics.get("evaluation", {}), **figures}}
     if note:
         metrics["note"] = note
-    save_model(files.card_path.parent, dataclasses.replace(card, metrics=metrics), tensors)
+    with atomic_output(files.card_path) as tmp:
+        Path(tmp).write_text(dataclasses.replace(card, metrics=metrics).to_json(), encoding="utf-8")
+    verify_model(files)
+    ModelCard.from_json_file(files.card_path)
 
 
 def main_from_args(args) -> int:
