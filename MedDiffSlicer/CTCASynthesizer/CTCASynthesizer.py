@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedDiffSlicerLib import ctca
+from MedDiffSlicerLib.dependencies import ensure_dependencies, missing_requirements
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import Failure, LaunchError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
@@ -174,16 +175,27 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.refreshModels()
 
     def onInstallDependencies(self) -> None:
-        from MedDiffSlicerLib.dependencies import ensure_dependencies
-
         with slicer.util.tryWithErrorDisplay(_("Installing dependencies failed."), waitCursor=True):
             installed = ensure_dependencies()
             self._log(_("Installed: {names}").format(names=", ".join(installed)) if installed else _("Everything is installed."))
             self.refreshModels()
 
+    def _dependenciesReady(self) -> bool:
+        """First use: offer to install what the engine lacks (on the main thread, as Slicer's installers require)."""
+        missing = missing_requirements()
+        if not missing:
+            return True
+        question = _("MedDiff needs {names}, which are not installed. Install them now? This can take several minutes.")
+        if not slicer.util.confirmOkCancelDisplay(question.format(names=", ".join(missing))):
+            return False
+        self.onInstallDependencies()
+        return not missing_requirements()
+
     # -- input and mapping table -------------------------------------------------------------------------------
     def onInputChanged(self, node) -> None:
         # use the node the combo box gives: the parameter node may be updated after this slot runs
+        # (PythonQt may pick the currentNodeChanged(bool) overload: then ask the combo box)
+        node = node if hasattr(node, "IsA") else self.ui.inputSelector.currentNode()
         self._fillMappingTable(node, self._parameterNode.model if self._parameterNode else "")
 
     def _fillMappingTable(self, node, modelName: str) -> None:
@@ -235,6 +247,8 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._start(lambda: self.logic.startBatch(self._parameterNode))
 
     def _start(self, launch) -> None:
+        if not self._dependenciesReady():
+            return
         issues = self.logic.preflight(self._parameterNode)
         for issue in issues:
             self._log(issue.text())

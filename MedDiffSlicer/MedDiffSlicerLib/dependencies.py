@@ -10,15 +10,23 @@ standalone ``slicer-core`` wheel has no package manager to drive.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 #: What the engine needs in Slicer's Python besides torch; torch itself comes from the PyTorch extension.
 ENGINE_REQUIREMENTS = ["meddiffcore"]
 REQUESTER = "MedDiffSlicer"
 
 
-def missing_requirements() -> list[str]:
-    """Requirements of ENGINE_REQUIREMENTS and torch that are not importable in this Python (no import happens)."""
-    missing = [r for r in ENGINE_REQUIREMENTS if importlib.util.find_spec(r) is None]
+def missing_requirements(requirements: list[str] = ENGINE_REQUIREMENTS) -> list[str]:
+    """What the engine lacks among torch and ``requirements``, found without importing anything.
+
+    The engine runs in ``PythonSlicer``, which shares Slicer's site-packages, so
+    this Python answers for it. An engine in another interpreter
+    (``$MEDDIFF_ENGINE_PYTHON``) is that interpreter's business: preflight asks it.
+    """
+    if os.environ.get("MEDDIFF_ENGINE_PYTHON"):
+        return []
+    missing = [r for r in requirements if importlib.util.find_spec(r) is None]
     if importlib.util.find_spec("torch") is None:
         missing.insert(0, "torch")
     return missing

@@ -1,10 +1,8 @@
 """Preflight checks and the model list/import, asked of a real engine process (`meddiff info/models` in a subprocess)."""
 
-import json
-import shutil
-
 import pytest
 
+from MedDiffSlicerLib.dependencies import missing_requirements
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
 from MedDiffSlicerLib.preflight import capability_supported, check_device, engine_report, preflight
@@ -82,3 +80,11 @@ def test_import_verifies_the_checksum(tmp_path, env):
     weights.write_bytes(good)
     assert "ctca-imported" in import_model(weights, env=env)
     assert any(c["name"] == "ctca-imported" for c in list_models(env=env))
+
+
+def test_missing_dependencies_are_found_without_importing_them(monkeypatch):
+    monkeypatch.delenv("MEDDIFF_ENGINE_PYTHON", raising=False)
+    assert missing_requirements() == []  # this venv has torch and meddiffcore
+    assert missing_requirements(["meddiffcore", "no_such_package_xyz"]) == ["no_such_package_xyz"]
+    monkeypatch.setenv("MEDDIFF_ENGINE_PYTHON", "/elsewhere/python")
+    assert missing_requirements(["no_such_package_xyz"]) == []  # another interpreter: preflight asks it instead
