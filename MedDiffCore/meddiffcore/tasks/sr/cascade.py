@@ -65,10 +65,13 @@ def load_stages(ref: str | os.PathLike, device: torch.device) -> tuple[ModelCard
 
 
 def bundle_cascade(stage_models: list[str | os.PathLike], name: str, folder: str | os.PathLike,
-                   description: str = "", metrics: dict | None = None) -> ModelFiles:
+                   description: str = "", metrics: dict | None = None,
+                   sampling: dict | None = None) -> ModelFiles:
     """Join single-stage models (names or paths) into one cascade model ``folder/name.*``.
 
     Keys become ``<stage>.<key>``; the card keeps each stage's configuration and training record.
+    ``sampling`` (e.g. ``{"sampler": "ancestral", "sampling_steps": 50}``) replaces the sampling
+    defaults of every stage (they do not affect the weights).
     """
     tensors: dict[str, torch.Tensor] = {}
     stages: dict[str, dict] = {}
@@ -80,6 +83,9 @@ def bundle_cascade(stage_models: list[str | os.PathLike], name: str, folder: str
         for stage, entry in _card_stages(card).items():
             if stage in stages:
                 raise ModelError(f"stage '{stage}' appears twice", "pass one model per stage")
+            if sampling:
+                entry = {**entry, "diffusion": {**entry["diffusion"], **sampling}}
+                from_dict(SRDiffusionConfig, entry["diffusion"], where=f"{stage}.diffusion")
             stages[stage] = entry
             training[stage] = card.training
             prefix = "" if card.task_config.get("bundled", False) else f"{stage}."
