@@ -12,6 +12,7 @@ An extractor is any callable ``(B, 1, D, H, W) tensor in [-1, 1] -> (B, F) tenso
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,9 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
                             "generate more samples (--samples) and give more real volumes")
     mu_r, mu_f = real.mean(0), fake.mean(0)
     cov_r, cov_f = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(fake, rowvar=False))
-    root = linalg.sqrtm(cov_r @ cov_f)
+    with warnings.catch_warnings():  # few samples give singular covariances: handled below, not an error
+        warnings.simplefilter("ignore")
+        root = linalg.sqrtm(cov_r @ cov_f)
     if not np.isfinite(root).all():
         eye = np.eye(cov_r.shape[0]) * 1e-6
         root = linalg.sqrtm((cov_r + eye) @ (cov_f + eye))
