@@ -26,7 +26,7 @@ from MedDiffSlicerLib.dependencies import ensure_dependencies, missing_requireme
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import Failure, LaunchError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
-from MedDiffSlicerLib.preflight import preflight
+from MedDiffSlicerLib.preflight import ReportCache, preflight
 
 #: How often (ms) the widget reads the engine's events while a job runs.
 POLL_INTERVAL_MS = 200
@@ -103,6 +103,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.currentTextChanged.connect(self.onModelChanged)
 
         self.refreshModels()
+        self.logic.engineReports.prefetch()  # torch imports in the engine while the user picks the input
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -313,6 +314,7 @@ class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.engineEnv = engineEnv  # tests point the engine at their own model folder
         self._cards = None
+        self.engineReports = ReportCache(env=engineEnv)
 
     def getParameterNode(self):
         return CTCASynthesizerParameterNode(super().getParameterNode())
@@ -334,7 +336,7 @@ class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
                                      seed=parameterNode.seed, samples=parameterNode.samples, device=parameterNode.device)
 
     def preflight(self, parameterNode) -> list:
-        return preflight(parameterNode.device, self.card(parameterNode.model), env=self.engineEnv)
+        return preflight(parameterNode.device, self.card(parameterNode.model), reports=self.engineReports)
 
     def start(self, parameterNode, segmentMapping: Optional[dict] = None):
         """Start synthesis for the parameter node's input; returns the running job (poll or wait on it)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -95,11 +97,59 @@ def check_device(report: dict, device: str, card: dict | None = None) -> list[Is
     return issues
 
 
+class ReportCache:
+    """The engine's report, fetched in the background when a module opens so Apply does not wait for torch to import.
+
+    ``get`` returns a report at most ``max_age_s`` old (free GPU memory changes),
+    waiting for a fetch under way or fetching anew. A failed fetch is not cached.
+    """
+
+    def __init__(self, python: Sequence[str] | None = None, env: dict[str, str] | None = None,
+                 max_age_s: float = 120.0) -> None:
+        self.python, self.env, self.max_age_s = python, env, max_age_s
+        self._lock = threading.Lock()
+        self._report: dict | None = None
+        self._fetched_at = 0.0
+        self._fetching: threading.Thread | None = None
+
+    def prefetch(self) -> None:
+        """Start fetching in a background thread (a subprocess wait: no GUI call happens there)."""
+        with self._lock:
+            if self._fetching is None:
+                self._fetching = threading.Thread(target=self._fetch_quietly, daemon=True, name="meddiff-preflight")
+                self._fetching.start()
+
+    def get(self) -> dict:
+        with self._lock:
+            fetching = self._fetching
+        if fetching is not None:
+            fetching.join()
+        with self._lock:
+            if self._report is not None and time.monotonic() - self._fetched_at <= self.max_age_s:
+                return self._report
+        return self._fetch()
+
+    def _fetch(self) -> dict:
+        report = engine_report(python=self.python, env=self.env)
+        with self._lock:
+            self._report, self._fetched_at = report, time.monotonic()
+        return report
+
+    def _fetch_quietly(self) -> None:
+        try:
+            self._fetch()
+        except EngineCommandError:
+            pass  # get() fetches again and reports the failure where the user sees it
+        finally:
+            with self._lock:
+                self._fetching = None
+
+
 def preflight(device: str, card: dict | None, python: Sequence[str] | None = None,
-              env: dict[str, str] | None = None) -> list[Issue]:
+              env: dict[str, str] | None = None, reports: ReportCache | None = None) -> list[Issue]:
     """Everything that would stop a launch: the engine itself, then the device against the model card."""
     try:
-        report = engine_report(python=python, env=env)
+        report = reports.get() if reports is not None else engine_report(python=python, env=env)
     except EngineCommandError as exc:
         return [Issue(str(exc), "install the engine and torch from the module's Dependencies section, then try again")]
     return check_device(report, device, card)

@@ -5,7 +5,7 @@ import pytest
 from MedDiffSlicerLib.dependencies import missing_requirements
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
-from MedDiffSlicerLib.preflight import capability_supported, check_device, engine_report, preflight
+from MedDiffSlicerLib.preflight import ReportCache, capability_supported, check_device, engine_report, preflight
 from slicer_helpers import TINY_MODEL, save_tiny_ctca_model
 
 
@@ -52,9 +52,28 @@ def test_preflight_with_this_machines_real_engine(env):
     assert preflight("cpu", None, env=env) == []
 
 
+def test_report_cache_prefetches_in_the_background_and_expires(env):
+    import time
+
+    cache = ReportCache(env=env, max_age_s=60)
+    cache.prefetch()
+    started = time.monotonic()
+    first = cache.get()  # waits for the fetch under way rather than starting another
+    assert first["meddiffcore"] and cache.get() is first  # fresh: served from the cache
+    assert time.monotonic() - started < 60
+    cache.max_age_s = 0.0
+    time.sleep(0.01)
+    assert cache.get() is not first  # stale: fetched again (free GPU memory changes)
+    assert preflight("cpu", None, reports=cache) == []
+
+
 def test_missing_engine_is_a_blocking_issue(tmp_path):
     (issue,) = preflight("cpu", None, python=[str(tmp_path / "no-such-python")])
     assert issue.blocking and "does not exist" in issue.message and "install" in issue.hint.lower()
+    cache = ReportCache(python=[str(tmp_path / "no-such-python")])
+    cache.prefetch()  # fails quietly in the background ...
+    (again,) = preflight("cpu", None, reports=cache)  # ... and is reported when it matters
+    assert again.blocking and "does not exist" in again.message
 
 
 def test_model_list_shows_the_card_and_its_label_table(env):
