@@ -71,6 +71,10 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
     assert params.model == TINY_MODEL and TINY_MODEL in widget.ui.modelCardText.toPlainText()
     params.steps, params.seed, params.device = 8, 5, "cpu"
     assert widget.ui.stepsSpinBox.value() == 8 and widget.ui.deviceComboBox.currentText() == "cpu"
+    writing_picture = bool(os.environ.get("MEDDIFF_WRITE_SCREENSHOTS"))
+    if writing_picture:  # the README shows the bundled demo model, not the random-weight test model
+        params.model, params.steps = "ctca-demo", 25
+        assert widget.ui.modelComboBox.currentText() == "ctca-demo"
 
     widget.ui.applyButton.click()
     assert widget.ui.applyButton.text() == "Cancel"
@@ -87,6 +91,7 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
     assert double.errors == [], double.errors
     ct = params.outputVolume
     assert ct is not None and ct.GetName() == "heart labels synthetic CT" and ct.IsA("vtkMRMLScalarVolumeNode")
+    assert f"model '{params.model}'" in widget.ui.logText.toPlainText()
     assert double.slice_layers[-1]["background"] is ct and double.slice_layers[-1]["label"] is node
     assert widget.ui.applyButton.text() == "Apply" and widget.ui.progressBar.value() == 100
     assert any(f.startswith("sampling") for f in seen_formats), seen_formats
@@ -95,7 +100,7 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
     if not picture.exists():  # the run was too quick to catch mid-way
         assert widget.parent.grab().save(str(picture))
     assert picture.stat().st_size > 5000
-    if os.environ.get("MEDDIFF_WRITE_SCREENSHOTS"):
+    if writing_picture:
         shutil.copyfile(picture, SCREENSHOT)
 
 
