@@ -17,8 +17,8 @@ from typing import Sequence
 
 from .engine import EngineProcess
 from .errors import Failure, LaunchError
-from .exchange import ExchangeError, Grid, WorkFolder, read_volume_node, show_as_ct, write_segmentation_as_labels, \
-    write_volume_node
+from .exchange import (ExchangeError, Grid, WorkFolder, read_volume_node, show_as_ct, write_segmentation_as_labels,
+                       write_volume_node)
 from .jobs import NodeJob, collect_atomically, write_job_file
 
 TASK = "ctca.synthesize"
