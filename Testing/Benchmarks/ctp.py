@@ -34,7 +34,6 @@ def _model(ref: str | None, device: torch.device):
         from pathlib import Path
 
         from meddiffcore.config import read_config_file
-        from meddiffcore.models import ModelCard
         from meddiffcore.nets import UNetConfig
         from meddiffcore.tasks.ctp.config import CTPConfig, CTPDiffusionConfig
         from meddiffcore.tasks.ctp.model import LoadedModel

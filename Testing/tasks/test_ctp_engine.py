@@ -198,8 +198,6 @@ def test_bad_input_exit_code_three_and_no_output(tmp_path, home, capsys):
 
 
 def test_bad_input_messages(tmp_path, home):
-    from meddiffcore.tasks.ctp.plan import make_plan  # noqa: F401  (the messages come from the plan and readers)
-
     for name, (args, message) in _bad_inputs(tmp_path).items():
         job = Job(task="ctp.inpaint", inputs={"sequence": args[1]}, outputs={"sequence": str(tmp_path / "x.seq.nrrd")},
                   model=TINY, params={"times": args[3]} if "--times" in args else
@@ -208,3 +206,19 @@ def test_bad_input_messages(tmp_path, home):
         assert run_job(job, reporter) == 3, name
         error = reporter.events[-1]
         assert error["event"] == "error" and error["code"] == "BAD_INPUT" and message in error["message"], (name, error)
+
+
+def test_training_a_few_steps_exports_a_loadable_model(tmp_path, monkeypatch):
+    from meddiffcore.tasks.ctp.model import load_for_inference
+    from meddiffcore.train import load_training_config
+    from meddiffcore.train.loop import train
+
+    monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path / "home"))
+    config_path = Path(__file__).resolve().parents[2] / "MedDiffCore" / "meddiffcore" / "configs" / "ctp-demo.toml"
+    task, config = load_training_config(config_path, [
+        "name=ctp-test", "data.phantoms=1", "data.size=32", "data.crop=16", "network.base_channels=8",
+        "network.norm_groups=4", "train.steps=2", "train.batch_size=2", f"train.out_dir={tmp_path / 'run'}"])
+    files = train(task, config)
+    model = load_for_inference(str(files.card_path), torch.device("cpu"))
+    assert model.card.task == "ctp" and model.window_level_hu == 40.0 and model.window_width_hu == 80.0
+    assert model.max_gap_s == 8.0 and model.card.training["steps"] == 2

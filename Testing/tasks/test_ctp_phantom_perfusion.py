@@ -52,7 +52,8 @@ def test_phantom_anatomy_lesion_and_truth(clean):
     core, pen = ph.lesion == 1, ph.lesion == 2
     assert core.any() and pen.any()
     assert ph.cbf[core].mean() < ph.cbf[pen].mean() < 0.6 * ph.cbf[gm].mean()
-    assert ph.cbv[core].mean() < 0.6 * ph.cbv[gm].mean() and ph.cbv[pen].mean() > 0.8 * ph.cbv[(ph.labels == 3) & pen].mean() * 0.9
+    assert ph.cbv[core].mean() < 0.6 * ph.cbv[gm].mean()
+    assert ph.cbv[pen & (ph.labels == 3)].mean() > 0.8 * ph.cbv[gm].mean()  # the penumbra keeps its blood volume
     assert ph.tmax[pen].min() > 3.0 and ph.tmax[gm].max() < 2.5
     np.testing.assert_allclose(ph.mtt[gm], 60 * ph.cbv[gm] / ph.cbf[gm])
     # the artery follows the AIF exactly in a noise-free phantom

@@ -62,6 +62,7 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     import torch
 
     from meddiffcore.devices import resolve_device
+    from meddiffcore.diffusion import get_sampler
 
     from .inpaint import DEFAULT_BATCH, assemble, inpaint_frames
     from .model import load_for_inference
@@ -76,9 +77,7 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     model = load_for_inference(job.model or DEFAULT_MODEL, device)
     steps = _number(job, "steps", model.diffusion.sampling_steps, int, 1)
     sampler = str(_param(job, "sampler", model.diffusion.sampler))
-    from meddiffcore.diffusion import get_sampler
-
-    get_sampler(sampler)
+    get_sampler(sampler)  # an unknown name fails here, before any work
     plan = make_plan(seq.times_s, interval_s=interval, bad_frames=job.params.get("bad_frames"), max_gap_s=model.max_gap_s)
     diffs = np.diff(plan.times_s)
     even = diffs.size == 0 or bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=1e-6))
