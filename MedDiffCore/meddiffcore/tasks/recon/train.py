@@ -8,13 +8,13 @@ pair is exported as one safetensors file with ``primary.*`` and ``auxiliary.*`` 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ...config import to_dict
+from ...diffusion import training_loss
 from ...models import ModelCard
 from .config import ReconConfig
 from .data import PriorSliceDataset
@@ -22,19 +22,11 @@ from .model import PriorPair, card_task_config, denoiser_for, schedule_for
 
 
 def prior_loss(net: torch.nn.Module, x0: torch.Tensor, config: ReconConfig, generator=None) -> torch.Tensor:
-    d = config.diffusion
-    b = x0.shape[0]
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if d.parameterization == "ve":
-        u = torch.rand(b, generator=generator, device=x0.device)
-        sigma = torch.exp(math.log(d.sigma_min) + u * (math.log(d.sigma_max) - math.log(d.sigma_min)))
-        out = net(x0 + sigma.view(-1, 1, 1, 1) * eps, sigma)
-        return ((out + eps) ** 2).mean()
-    schedule = schedule_for(d)
-    t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device="cpu").to(x0.device)
-    ab = schedule.alphas_cumprod.to(x0.device, torch.float32)[t].view(-1, 1, 1, 1)
-    out = net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t.float())
-    return ((out - eps) ** 2).mean()
+    """One prior's denoising loss through the shared diffusion core (VE: score matching; VP: eps-MSE)."""
+    kind = "dsm" if config.diffusion.parameterization == "ve" else "eps_mse"
+    loss, _terms = training_loss(kind, net, x0, schedule_for(config.diffusion), generator=generator,
+                                 score_scaling="divide_by_sigma")
+    return loss
 
 
 class ReconTask:
