@@ -85,7 +85,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     """
     level, width = model.window_level_hu, model.window_width_hu
     lo, hi = window_bounds(level, width)
-    n_t, n_z, n_y, n_x = hu.shape
+    n_z, n_y, n_x = hu.shape[1:]
     first = hu[plan.known[0]]
     mask = tissue_mask(first, level, width)
     plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
@@ -96,16 +96,9 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     zs = n_z + pad_z
     starts = slab_starts(zs, slab)
 
-    def prepared(k: int) -> np.ndarray:
-        x = hu_to_model(hu[k], level, width)
-        return np.pad(x, ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
-
-    cache: dict[int, np.ndarray] = {}
-
-    def frame(k: int) -> np.ndarray:
-        if k not in cache:
-            cache[k] = prepared(k)
-        return cache[k]
+    needed = sorted({k for g in plan.targets for k in (g.left, g.right)})
+    padded = {k: np.pad(hu_to_model(hu[k], level, width), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
+              for k in needed}
 
     items = [(ti, s) for ti in range(len(plan.targets)) for s in starts]
     acc = np.zeros((len(plan.targets), zs, n_y + pad_y, n_x + pad_x), np.float32)
@@ -120,7 +113,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     total = n_batches * steps
     for b in range(n_batches):
         chunk = items[b * batch_size:(b + 1) * batch_size]
-        known = np.stack([np.stack([frame(plan.targets[ti].left)[s:s + slab], frame(plan.targets[ti].right)[s:s + slab]])
+        known = np.stack([np.stack([padded[plan.targets[ti].left][s:s + slab], padded[plan.targets[ti].right][s:s + slab]])
                           for ti, s in chunk])
         ctx = np.stack([context_vector(plan.targets[ti].left_gap_s, plan.targets[ti].right_gap_s, plan.targets[ti].phase)
                         for ti, _ in chunk])
@@ -138,13 +131,11 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     acc /= wsum[None, :, None, None]
     model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width)
 
-    frames = np.empty((len(plan.targets), n_z, n_y, n_x), np.float32)
+    frames = linear_fill(hu, plan)
     for ti, g in enumerate(plan.targets):
-        a, c = hu[g.left].astype(np.float32), hu[g.right].astype(np.float32)
-        w = g.left_gap_s / (g.left_gap_s + g.right_gap_s)
-        linear = (1 - w) * a + w * c
+        a, c = hu[g.left], hu[g.right]
         use = mask & (a >= lo) & (a <= hi) & (c >= lo) & (c <= hi)
-        frames[ti] = np.where(use, model_hu[ti], linear)
+        frames[ti] = np.where(use, model_hu[ti], frames[ti])
     stats = {"network_evaluations": network_evaluations(sampler, steps) * n_batches, "batches": n_batches,
              "items": len(items), "slabs": len(starts), "steps": steps, "sampler": sampler,
              "peak_s": plan.peak_s, "missing_frames": len(plan.targets)}
