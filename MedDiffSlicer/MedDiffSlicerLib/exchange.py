@@ -99,10 +99,13 @@ def write_segmentation_as_labels(segmentation_node, segment_ids: list[str], path
         scene.RemoveNode(labelmap)
 
 
-def read_volume_node(path: Path, scene, name: str, grid: Grid, like=None):
+def read_volume_node(path: Path, scene, name: str, grid: Grid | None, like=None):
     """Read an engine output into a new scalar volume node on ``grid``, placed and transformed like node ``like``.
 
-    Raises ExchangeError (and adds nothing) when the file is unreadable or not on ``grid``.
+    ``grid=None`` takes the file's own geometry: for outputs whose grid the
+    engine chooses (a reconstruction from a sinogram, a super-resolved or a
+    generated volume). Raises ExchangeError (and adds nothing) when the file is
+    unreadable or not on ``grid``.
     """
     if not Path(path).is_file():
         raise ExchangeError(f"the engine reported output '{path}' but the file does not exist")
@@ -113,10 +116,11 @@ def read_volume_node(path: Path, scene, name: str, grid: Grid, like=None):
     if not storage.ReadData(node):
         raise ExchangeError(f"could not read engine output '{path}'")
     read = Grid.of(node)
-    if not read.same_as(grid):
-        raise ExchangeError(f"engine output '{Path(path).name}' is not on the input's grid "
-                            f"(dimensions {read.dimensions} vs {grid.dimensions})")
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(grid.ijk_to_ras))  # exact, not float-rounded through the file
+    if grid is not None:
+        if not read.same_as(grid):
+            raise ExchangeError(f"engine output '{Path(path).name}' is not on the input's grid "
+                                f"(dimensions {read.dimensions} vs {grid.dimensions})")
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(grid.ijk_to_ras))  # exact, not float-rounded through the file
     node.SetName(scene.GenerateUniqueName(name))
     scene.AddNode(node)
     if like is not None:
@@ -141,6 +145,20 @@ def place_beside(node, reference) -> None:
         hierarchy.SetItemParent(item, parent)
 
 
+def show_with_window(node, window: tuple[float, float] | None = None, color_node_id: str = "") -> None:
+    """Give ``node`` a display: a fixed window ``(level, width)`` if given (else automatic), a colour table if named."""
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if window is not None:
+        display.SetAutoWindowLevel(False)
+        level, width = window
+        display.SetWindowLevel(width, level)
+    else:
+        display.SetAutoWindowLevel(True)
+    if color_node_id:
+        display.SetAndObserveColorNodeID(color_node_id)
+
+
 def show_as_ct(node, window_hu: tuple[float, float]) -> None:
     """Give ``node`` a grey display with a fixed CT window ``(level, width)`` in HU."""
     node.CreateDefaultDisplayNodes()
@@ -161,3 +179,100 @@ def remove_nodes(nodes) -> None:
             if display is not None:
                 scene.RemoveNode(display)
         scene.RemoveNode(node)
+
+
+# -- sequences (4D: one volume per time point) -------------------------------------------------------------------------
+def sequence_times(sequence_node) -> list[float]:
+    """The index values of a sequence as numbers (seconds for CT perfusion); ExchangeError when one is not a number."""
+    values = [sequence_node.GetNthIndexValue(i) for i in range(sequence_node.GetNumberOfDataNodes())]
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise ExchangeError(f"sequence '{sequence_node.GetName()}' has non-numeric index values "
+                            f"({', '.join(values[:4])}...); frame times in seconds are needed") from None
+
+
+def sequence_grid(sequence_node) -> Grid:
+    """The grid of the sequence's first volume (the engine requires every frame on the same grid)."""
+    if sequence_node.GetNumberOfDataNodes() == 0:
+        raise ExchangeError(f"sequence '{sequence_node.GetName()}' is empty")
+    first = sequence_node.GetNthDataNode(0)
+    if not first.IsA("vtkMRMLScalarVolumeNode"):
+        raise ExchangeError(f"sequence '{sequence_node.GetName()}' holds {first.GetClassName()} items, not volumes")
+    return Grid.of(first)
+
+
+def write_sequence_node(sequence_node, path: Path) -> Path:
+    """Write a volume sequence as an uncompressed ``.seq.nrrd`` (4D NRRD with the index values per frame)."""
+    sequence_grid(sequence_node)
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(0)
+    if not storage.WriteData(sequence_node):
+        raise ExchangeError(f"could not write sequence '{sequence_node.GetName()}' to '{path}' "
+                            "(are all its volumes on the same grid?)")
+    return path
+
+
+def read_sequence_node(path: Path, scene, name: str, grid: Grid | None = None):
+    """Read an engine ``.seq.nrrd`` into a new sequence node added to ``scene``; ExchangeError (nothing added) if unusable."""
+    if not Path(path).is_file():
+        raise ExchangeError(f"the engine reported output '{path}' but the file does not exist")
+    node = slicer.vtkMRMLSequenceNode()
+    node.SetName(scene.GenerateUniqueName(name))
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    storage.SetScene(scene)
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node) or node.GetNumberOfDataNodes() == 0:
+        raise ExchangeError(f"could not read engine output sequence '{path}'")
+    if grid is not None:
+        read = Grid.of(node.GetNthDataNode(0))
+        if not read.same_as(grid):
+            raise ExchangeError(f"engine output '{Path(path).name}' is not on the input's grid "
+                                f"(dimensions {read.dimensions} vs {grid.dimensions})")
+        matrix = slicer.util.vtkMatrixFromArray(grid.ijk_to_ras)
+        for i in range(node.GetNumberOfDataNodes()):
+            node.GetNthDataNode(i).SetIJKToRASMatrix(matrix)
+    scene.AddNode(node)
+    return node
+
+
+def sequences_logic(scene):
+    """Slicer's Sequences module logic; outside the application (slicer-core) a logic of our own on ``scene``."""
+    modules = getattr(slicer, "modules", None)
+    module = getattr(modules, "sequences", None) if modules is not None else None
+    if module is not None:
+        return module.logic()
+    logic = slicer.vtkSlicerSequencesLogic()
+    logic.SetMRMLScene(scene)
+    return logic
+
+
+def browser_of(sequence_node):
+    """The first sequence browser that plays ``sequence_node`` (as master or synchronized), else None."""
+    scene = sequence_node.GetScene()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        browser = scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+        if browser.IsSynchronizedSequenceNodeID(sequence_node.GetID(), True):
+            return browser
+    return None
+
+
+def play_together(new_sequence, reference_sequence, name: str):
+    """Play ``new_sequence`` in the browser of ``reference_sequence`` (a new browser if it has none); returns the browser.
+
+    The new (denser) sequence becomes the master, so the browser steps through
+    every one of its frames and the reference shows its frame at or before each
+    time; the reference stays synchronized.
+    """
+    scene = new_sequence.GetScene()
+    logic = sequences_logic(scene)  # registers the browser node class where only slicer-core is loaded
+    browser = browser_of(reference_sequence)
+    if browser is None:
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", scene.GenerateUniqueName(name))
+        browser.SetAndObserveMasterSequenceNodeID(reference_sequence.GetID())
+    browser.SetAndObserveMasterSequenceNodeID(new_sequence.GetID())
+    if not browser.IsSynchronizedSequenceNodeID(reference_sequence.GetID(), True):
+        browser.AddSynchronizedSequenceNodeID(reference_sequence.GetID())
+    logic.UpdateProxyNodesFromSequences(browser)
+    return browser

@@ -19,9 +19,15 @@ SLICER_MODULES = ROOT / "MedDiffSlicer"
 TINY_MODEL = "ctca-slicer-tiny"
 
 
+#: Module folders (each one scripted module), importable as Slicer's module paths make them.
+MODULE_FOLDERS = ("CTCASynthesizer", "CTPTemporalInpaint", "SparseViewRecon", "VolumeGenerator")
+#: Tiny random-weight models of the other tasks, installed next to the CTCA one.
+TINY_CTP, TINY_RECON_CT, TINY_RECON_MRI, TINY_WDM, TINY_SR = "ctp-tiny", "recon-ct-tiny", "recon-mri-tiny", "wdm-tiny", "sr-tiny"
+
+
 def add_module_paths() -> None:
     """Make MedDiffSlicerLib (and the module folders) importable, as Slicer's module paths do."""
-    for path in (SLICER_MODULES, SLICER_MODULES / "CTCASynthesizer"):
+    for path in (SLICER_MODULES, *(SLICER_MODULES / m for m in MODULE_FOLDERS), ROOT / "Testing" / "tasks"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
 
@@ -46,6 +52,40 @@ def save_tiny_ctca_model(home: Path, name: str = TINY_MODEL) -> Path:
             if not p.any():
                 p.normal_(0, 0.05)
     return save_model(home / "models", model_card(config), net.state_dict()).card_path
+
+
+def save_tiny_ctp_model(home: Path, name: str = TINY_CTP) -> None:
+    """A random-weight CTP inpainting network built with the task's own config and card functions."""
+    import dataclasses
+
+    import torch
+
+    from meddiffcore.models import save_model
+    from meddiffcore.tasks.ctp.config import CTPConfig, default_network
+    from meddiffcore.tasks.ctp.train import TASK
+
+    torch.manual_seed(0)
+    config = CTPConfig(name=name)
+    config.network = dataclasses.replace(default_network(), base_channels=8, channel_mult=(1, 2),
+                                         down_strides=((1, 2, 2),), norm_groups=4)
+    net = TASK.build_network(config)
+    with torch.no_grad():  # the output layer starts at zero; make the network do something
+        for p in net.out.parameters():
+            p.normal_(0, 0.05)
+    save_model(home / "models", TASK.model_card(config), net.state_dict())
+
+
+def save_tiny_models(home: Path) -> None:
+    """Every task's tiny model, with the task tests' own builders (Testing/tasks)."""
+    from recon_helpers import install_tiny_recon_model
+    from volume_helpers import install_tiny_sr_cascade, install_tiny_wdm
+
+    save_tiny_ctca_model(home)
+    save_tiny_ctp_model(home)
+    install_tiny_recon_model(home, TINY_RECON_CT, "ct")
+    install_tiny_recon_model(home, TINY_RECON_MRI, "mri")
+    install_tiny_wdm(home, TINY_WDM, loud=False)
+    install_tiny_sr_cascade(home, TINY_SR)
 
 
 def engine_env(home: Path) -> dict[str, str]:
@@ -101,7 +141,30 @@ def scene_snapshot(scene) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def meddiff_home(tmp_path_factory):
-    """A MEDDIFF_HOME holding the tiny model (import this fixture into a conftest)."""
+    """A MEDDIFF_HOME holding every task's tiny model (import this fixture into a conftest)."""
     home = tmp_path_factory.mktemp("meddiff_home")
-    save_tiny_ctca_model(home)
+    add_module_paths()
+    save_tiny_models(home)
     return home
+
+
+def add_ctp_sequence(scene, frames: int = 7, every: int = 3, name: str = "perfusion", slices: int = 4, size: int = 16):
+    """A CT perfusion phantom sampled every ``every`` s from 2 s on, as a sequence node on an oblique grid (HU, int16)."""
+    import slicer
+
+    from meddiffcore.io import Volume
+    from meddiffcore.tasks.ctp.phantom import make_ctp_phantom
+
+    phantom = make_ctp_phantom(7, slices=slices, size=size, frames=frames * every)
+    ijk_to_ras = Volume.from_spacing(np.zeros((slices, size, size)), (0.9, 0.8, 5.0), (10.0, -20.0, 33.0),
+                                     [[0, -1, 0], [1, 0, 0], [0, 0, 1]]).ijk_to_ras
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("s")
+    sequence.SetIndexType(sequence.NumericIndex)
+    for index in range(0, frames * every, every):
+        frame = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(frame, np.rint(phantom.sequence.array[index]).astype(np.int16))
+        frame.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+        sequence.SetDataNodeAtValue(frame, f"{phantom.sequence.times_s[index] + 2.0:g}")
+    return sequence, ijk_to_ras
