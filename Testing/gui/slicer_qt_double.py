@@ -5,6 +5,8 @@ Slicer's own Qt application cannot run on this machine, so the module's
 MedDiff modules use, with PythonQt's spelling:
 
 * ``qt``: the PySide6 QtCore/QtGui/QtWidgets names in one module (as PythonQt's ``qt``).
+* binding of spin boxes, check boxes, line edits, combo boxes (Choice only),
+  node combo boxes and path line edits, with Slicer's connector rules;
 * stand-ins for the Slicer/CTK widgets named in the ``.ui`` files
   (``qMRMLWidget``, ``qMRMLNodeComboBox``, ``ctkCollapsibleButton``,
   ``ctkPathLineEdit``), registered with ``QUiLoader`` so the *real* ``.ui``
@@ -180,6 +182,8 @@ def parameterNodeWrapper(cls):
 
         def get(self):
             text = self.parameterNode.GetParameter(name)
+            if base is bool:  # stored as "True"/"False", as Slicer's serializer does
+                return text == "True"
             return pathlib.Path(text) if base is pathlib.Path else base(text) if text != "" or base is str else base()
 
         return property(get, lambda self, value: self.parameterNode.SetParameter(name, str(value)))
@@ -227,6 +231,10 @@ def _connect(widget, setter) -> None:
         widget.valueChanged.connect(setter)
     elif isinstance(widget, ctkPathLineEdit):
         widget.currentPathChanged.connect(lambda text: setter(pathlib.Path(text)))
+    elif isinstance(widget, QtWidgets.QCheckBox):
+        widget.toggled.connect(setter)
+    elif isinstance(widget, QtWidgets.QLineEdit):
+        widget.textChanged.connect(setter)
     elif isinstance(widget, QtWidgets.QComboBox):
         widget.currentTextChanged.connect(setter)
     else:
@@ -241,6 +249,10 @@ def _push(widget, value) -> None:
         widget.setValue(value)
     elif isinstance(widget, ctkPathLineEdit):
         widget.setCurrentPath(str(value))
+    elif isinstance(widget, QtWidgets.QCheckBox):
+        widget.setChecked(bool(value))
+    elif isinstance(widget, QtWidgets.QLineEdit):
+        widget.setText(str(value))
     elif isinstance(widget, QtWidgets.QComboBox) and value:
         widget.setCurrentText(value)
     del blocker
