@@ -300,7 +300,7 @@ class CTPTemporalInpaintTest(ScriptedLoadableModuleTest):
             slicer.util.updateVolumeFromArray(frame, (20.0 + enhancement * disc).astype(np.int16))
             frame.SetSpacing(0.8, 0.8, 5.0)
             sequence.SetDataNodeAtValue(frame, f"{time_s:g}")
-        options = ctp.InpaintOptions(steps=2, seed=1, device="cpu", interval_s=1.5)
+        options = ctp.InpaintOptions(model=logic.catalog.cards[0]["name"], steps=2, seed=1, device="cpu", interval_s=1.5)
         nodes = logic.inpaint(sequence, options, timeoutSeconds=600)
         times = [float(nodes[0].GetNthIndexValue(i)) for i in range(nodes[0].GetNumberOfDataNodes())]
         self.assertEqual(len(times), 9)

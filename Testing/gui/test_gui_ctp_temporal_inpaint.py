@@ -20,6 +20,7 @@ def test_the_ui_file_and_the_code_agree():
 
 
 def test_apply_fills_the_sequence_with_the_ticked_bad_frame_and_writes_the_panel_picture(double, monkeypatch, tmp_path):
+    import qt  # the double's
     import slicer
 
     sequence, _ = add_ctp_sequence(double.scene)
@@ -29,7 +30,7 @@ def test_apply_fills_the_sequence_with_the_ticked_bad_frame_and_writes_the_panel
     assert TINY_CTP in widget.ui.modelCardText.toPlainText()
     assert widget.ui.timesLabel.text().startswith("2, 5, 8, 11, 14, 17, 20")
     assert widget.ui.badFramesList.count() == 7
-    widget.ui.badFramesList.item(2).setCheckState(slicer_qt().Qt.Checked)
+    widget.ui.badFramesList.item(2).setCheckState(qt.Qt.Checked)  # what the user does in the list
     assert widget.badFrames() == [2]
     params.steps, params.seed, params.device, params.interval = 2, 1, "cpu", 1.5
     widget.ui.perfusionMapsCheckBox.setChecked(True)
@@ -66,9 +67,3 @@ def test_non_numeric_frame_times_are_shown_and_refused_with_their_fix(double, mo
     assert not widget.runner.running and len(double.errors) == 1
     assert "non-numeric" in double.errors[0] and "Fix:" in double.errors[0]
     assert scene_snapshot(double.scene) == before and widget.ui.applyButton.text() == "Apply"
-
-
-def slicer_qt():
-    import qt
-
-    return qt

@@ -82,3 +82,21 @@ def test_bad_inputs_are_refused_before_launch_and_scene_unchanged(scene, env):
         ctp.frame_times(sequence)
     assert "non-numeric" in caught.value.failure.message
     assert scene_snapshot(scene) == before
+
+
+def test_cancel_during_inpainting_stops_the_chain_and_adds_nothing(scene, env):
+    import time
+
+    sequence, _ = add_ctp_sequence(scene, frames=5, every=4)
+    before = scene_snapshot(scene)
+    options = ctp.InpaintOptions(model=TINY_CTP, steps=1000, seed=3, device="cpu", perfusion_maps=True)
+    job = ctp.start_inpaint(sequence, options, env=env)
+    deadline = time.monotonic() + 60
+    while job.progress.total == 0 and not job.poll():
+        assert time.monotonic() < deadline, job.log
+        time.sleep(0.05)
+    job.cancel()
+    assert not job.wait(30)
+    assert job.failure.cancelled and not any("ctp.perfusion" in line for line in job.log)
+    assert job.engine.engines[1].pid is None  # the maps job never started
+    assert scene_snapshot(scene) == before and job.nodes == []
