@@ -109,3 +109,14 @@ def test_json_round_trip_and_validation():
         NoiseSchedule.from_dict({"kind": "cosine", "num_timesteps": 10, "bogus": 1})
     with pytest.raises(ConfigError):
         NoiseSchedule("quadratic", 10)
+
+
+@pytest.mark.parametrize("schedule", [cosine_schedule(1000), sr3_linear_schedule(), ve_geometric_schedule(),
+                                      linear_schedule(2000, 0.00085, 0.012)], ids=lambda s: s.kind)
+@pytest.mark.parametrize("spacing", ["karras", "uniform", "trailing"])
+@pytest.mark.parametrize("steps", [1, 2, 5, 20, 50])
+def test_sampling_sigmas_strictly_decrease(schedule, spacing, steps):
+    """A repeated sigma is a zero-length step, which multistep solvers divide by (SR3's sigma_max 43 is below 80)."""
+    sigmas = schedule.sampling_sigmas(steps, spacing)
+    assert len(sigmas) == steps + 1 and sigmas[-1] == 0
+    assert bool((sigmas[1:] < sigmas[:-1]).all())

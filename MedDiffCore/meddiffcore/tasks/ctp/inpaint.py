@@ -61,10 +61,8 @@ def slab_weights(slab: int, start: int, n_slices: int, starts: list[int]) -> np.
 
 
 def sampling_sigmas(diffusion, steps: int) -> torch.Tensor:
-    """The schedule's sampling sigmas with (nearly) repeated values dropped: a zero-length step would divide by zero."""
-    sigmas = diffusion.noise_schedule().sampling_sigmas(steps)
-    keep = [0] + [i for i in range(1, len(sigmas)) if sigmas[i] < sigmas[i - 1] * (1 - 1e-6)]
-    return sigmas[keep]
+    """The model's sampling sigmas for ``steps`` steps (descending, ending at 0)."""
+    return diffusion.noise_schedule().sampling_sigmas(steps)
 
 
 def peak_time(seq_hu: np.ndarray, times_s: np.ndarray, known: list[int], mask: np.ndarray) -> float:
