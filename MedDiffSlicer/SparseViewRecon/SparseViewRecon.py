@@ -271,9 +271,9 @@ class SparseViewReconTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_SimulatedSparseViewCT()
-        self.setUp()
         self.test_BadAnglesRefused()
+        self.setUp()
+        self.test_SimulatedSparseViewCT()
 
     def _phantom(self):
         import numpy as np

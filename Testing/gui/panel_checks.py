@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -63,3 +65,18 @@ def grab_while_running(widget, path):
         if "ETA" in widget.ui.progressBar.format() and not path.exists():
             assert widget.parent.grab().save(str(path))
     return tick
+
+
+def writing_pictures() -> bool:
+    """Whether this run refreshes the README's panel pictures (``MEDDIFF_WRITE_SCREENSHOTS=1``), with demo models."""
+    return bool(os.environ.get("MEDDIFF_WRITE_SCREENSHOTS"))
+
+
+def keep_picture(widget, picture, screenshot) -> None:
+    """Check the panel picture taken during the run (or take it now); copy it to the README's folder when asked."""
+    if not picture.exists():  # the run was too quick to catch mid-way
+        assert widget.parent.grab().save(str(picture))
+    assert picture.stat().st_size > 5000
+    if writing_pictures():
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(picture, screenshot)
