@@ -155,9 +155,11 @@ def store_metrics(model_ref: str, figures: dict) -> Path:
 
     card_path = find_model(model_ref).card_path
     card = ModelCard.from_json_file(card_path)
+    st = figures["settings"]
     card.metrics = {**card.metrics, "evaluation": figures,
                     "evaluation_command": f"meddiff evaluate ctca --model {model_ref} --phantoms {figures['held_out']['phantoms']} "
-                                          f"--samples {figures['held_out']['samples_per_phantom']}"}
+                                          f"--samples {figures['held_out']['samples_per_phantom']} --steps {st['steps']} "
+                                          f"--sampler {st['sampler']} --guidance {st['guidance']:g} --seed {st['seed']}"}
     with atomic_output(card_path) as tmp:
         Path(tmp).write_text(card.to_json(), encoding="utf-8")
     return card_path
