@@ -22,10 +22,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from MedDiffSlicerLib import ctca
-from MedDiffSlicerLib.dependencies import ensure_dependencies, missing_requirements
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import Failure, LaunchError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
+from MedDiffSlicerLib.panel import JobRunner
 from MedDiffSlicerLib.preflight import ReportCache, preflight
 
 #: How often (ms) the widget reads the engine's events while a job runs.
@@ -75,10 +75,9 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.job = None
+        self.runner = None
         self._segmentNames = []
         self._mappedNode = None
-        self._logLinesShown = 0
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -91,7 +90,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = CTCASynthesizerLogic()
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.timeout.connect(self.onPoll)
+        self.runner = JobRunner(self.ui, self.timer, self._onJobDone, self._updateButtons, self.logic.engineReports)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -106,9 +105,13 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.engineReports.prefetch()  # torch imports in the engine while the user picks the input
         self.initializeParameterNode()
 
+    @property
+    def job(self):
+        """The job under way, or None."""
+        return self.runner.job if self.runner is not None else None
+
     def cleanup(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.runner.cancel()
         self.timer.stop()
         self.removeObservers()
 
@@ -122,8 +125,7 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.runner.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -172,25 +174,12 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onImportModel(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Model import failed."), waitCursor=True):
-            self._log(self.logic.importModel(self._parameterNode.importModelFile))
+            self.runner.log(self.logic.importModel(self._parameterNode.importModelFile))
             self.refreshModels()
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Installing dependencies failed."), waitCursor=True):
-            installed = ensure_dependencies()
-            self._log(_("Installed: {names}").format(names=", ".join(installed)) if installed else _("Everything is installed."))
-            self.refreshModels()
-
-    def _dependenciesReady(self) -> bool:
-        """First use: offer to install what the engine lacks (on the main thread, as Slicer's installers require)."""
-        missing = missing_requirements()
-        if not missing:
-            return True
-        question = _("MedDiff needs {names}, which are not installed. Install them now? This can take several minutes.")
-        if not slicer.util.confirmOkCancelDisplay(question.format(names=", ".join(missing))):
-            return False
-        self.onInstallDependencies()
-        return not missing_requirements()
+        self.runner.install_dependencies()
+        self.refreshModels()
 
     # -- input and mapping table -------------------------------------------------------------------------------
     def onInputChanged(self, node) -> None:
@@ -231,16 +220,12 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.modelComboBox.findText(self._parameterNode.model)
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
-        running = self.job is not None
-        ready = bool(self._parameterNode and self._parameterNode.inputNode)
-        self.ui.applyButton.setEnabled(running or ready)
-        self.ui.applyButton.setText(_("Cancel") if running else _("Apply"))
-        self.ui.batchButton.setEnabled(not running)
+        self.runner.update_button(bool(self._parameterNode and self._parameterNode.inputNode))
+        self.ui.batchButton.setEnabled(not self.runner.running)
 
     def onApplyButton(self) -> None:
-        if self.job is not None:
-            self.ui.statusLabel.setText(_("Cancelling..."))
-            self.job.cancel()
+        if self.runner.running:
+            self.runner.cancel()
             return
         self._start(lambda: self.logic.start(self._parameterNode, self.segmentMapping()))
 
@@ -248,63 +233,15 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._start(lambda: self.logic.startBatch(self._parameterNode))
 
     def _start(self, launch) -> None:
-        if not self._dependenciesReady():
-            return
-        issues = self.logic.preflight(self._parameterNode)
-        for issue in issues:
-            self._log(issue.text())
-        blocking = [issue for issue in issues if issue.blocking]
-        if blocking:
-            slicer.util.errorDisplay("\n\n".join(issue.text() for issue in blocking), windowTitle=_("Cannot start"))
-            return
-        try:
-            self.job = launch()
-        except LaunchError as error:
-            slicer.util.errorDisplay(error.failure.text(), windowTitle=error.failure.title)
-            return
-        self._logLinesShown = 0
-        self.ui.progressBar.setValue(0)
-        self.ui.progressBar.setFormat(_("starting engine"))
-        self.ui.statusLabel.setText(_("Running; press Cancel to stop."))
-        self._updateButtons()
-        self.timer.start()
+        params = self._parameterNode
+        self.runner.start(launch, params.device, self.logic.card(params.model))
 
-    def onPoll(self) -> None:
-        if self.job is None:
-            self.timer.stop()
-            return
-        finished = self.job.poll()
-        progress = self.job.progress
-        self.ui.progressBar.setValue(int(round(progress.percent)))
-        self.ui.progressBar.setFormat(progress.text())
-        for line in self.job.log[self._logLinesShown:]:
-            self._log(line)
-        self._logLinesShown = len(self.job.log)
-        if finished:
-            self._finish()
-
-    def _finish(self) -> None:
-        self.timer.stop()
-        job, self.job = self.job, None
-        self._updateButtons()
-        if job.succeeded:
-            self.ui.progressBar.setFormat(_("done"))
-            if job.nodes and self._parameterNode:
-                self._parameterNode.outputVolume = job.nodes[0]
-                self.logic.showInSliceViews(job.nodes[0], self._parameterNode.inputNode)
-                self.ui.statusLabel.setText(_("Added {names}.").format(names=", ".join(n.GetName() for n in job.nodes)))
-            else:
-                self.ui.statusLabel.setText(_("Batch finished: see the output folder."))
-        elif job.failure.cancelled:
-            self.ui.progressBar.setFormat(_("cancelled"))
-            self.ui.statusLabel.setText(_("Cancelled; the scene is unchanged."))
+    def _onJobDone(self, job) -> None:
+        if job.nodes and self._parameterNode:
+            self._parameterNode.outputVolume = job.nodes[0]
+            self.logic.showInSliceViews(job.nodes[0], self._parameterNode.inputNode)
         else:
-            self.ui.progressBar.setFormat(_("failed"))
-            self.ui.statusLabel.setText(job.failure.title)
-            slicer.util.errorDisplay(job.failure.text(), windowTitle=job.failure.title, detailedText="\n".join(job.log[-40:]))
-
-    def _log(self, text: str) -> None:
-        self.ui.logText.appendPlainText(text)
+            self.ui.statusLabel.setText(_("Batch finished: see the output folder."))
 
 
 class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
