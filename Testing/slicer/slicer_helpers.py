@@ -23,6 +23,7 @@ TINY_MODEL = "ctca-slicer-tiny"
 MODULE_FOLDERS = ("CTCASynthesizer", "CTPTemporalInpaint", "SparseViewRecon", "VolumeGenerator")
 #: Tiny random-weight models of the other tasks, installed next to the CTCA one.
 TINY_CTP, TINY_RECON_CT, TINY_RECON_MRI, TINY_WDM, TINY_SR = "ctp-tiny", "recon-ct-tiny", "recon-mri-tiny", "wdm-tiny", "sr-tiny"
+TINY_CWDM = "cwdm-tiny"
 
 
 def add_module_paths() -> None:
@@ -85,6 +86,7 @@ def save_tiny_models(home: Path) -> None:
     install_tiny_recon_model(home, TINY_RECON_CT, "ct")
     install_tiny_recon_model(home, TINY_RECON_MRI, "mri")
     install_tiny_wdm(home, TINY_WDM, loud=False)
+    install_tiny_wdm(home, TINY_CWDM, conditional=True, loud=False)
     install_tiny_sr_cascade(home, TINY_SR)
 
 

@@ -14,7 +14,7 @@ import slicer
 from MedDiffSlicerLib import generate, recon
 from MedDiffSlicerLib.errors import LaunchError
 from MedDiffSlicerLib.exchange import Grid
-from slicer_helpers import TINY_RECON_CT, TINY_RECON_MRI, TINY_SR, TINY_WDM, scene_snapshot
+from slicer_helpers import TINY_CWDM, TINY_RECON_CT, TINY_RECON_MRI, TINY_SR, TINY_WDM, scene_snapshot
 
 OBLIQUE = np.array([[0.0, -0.9, 0.0, 12.0], [0.8, 0.0, 0.0, -7.0], [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]])
 
@@ -96,6 +96,29 @@ def test_wdm_samples_take_the_users_spacing(scene, env):
     for node in job.nodes:
         assert node.GetSpacing() == pytest.approx((0.5, 0.75, 1.25))
         assert slicer.util.arrayFromVolume(node).shape == (16, 16, 16)
+
+
+def test_a_translated_volume_takes_its_conditions_grid_and_place(scene, env):
+    condition = _volume(scene, np.random.default_rng(1).random((16, 16, 16)), name="t1")
+    options = generate.GenerateOptions(model=TINY_CWDM, kind="wdm", steps=2, seed=0, device="cpu")
+    job = generate.start_generation(options, condition, env=env)
+    assert job.wait(180), job.log
+    (out,) = job.nodes
+    assert out.GetName() == "t1 translated"
+    np.testing.assert_allclose(Grid.of(out).ijk_to_ras, OBLIQUE, rtol=0, atol=1e-9)
+
+
+def test_options_become_the_engine_parameters_of_each_problem():
+    ct = recon.ReconOptions(problem="ct-simulate", mode="tpdm", K=3.0, lam=0.5, views=24, steps=7)
+    assert {**ct.step_params(), **ct.params()} == {"steps": 7, "mode": "tpdm", "K": 3.0, "lambda": 0.5, "views": 24}
+    assert recon.ReconOptions(problem="mri-simulate", mask_kind="poisson").params() == {
+        "mode": "fast", "acceleration": 8.0, "mask_kind": "poisson"}
+    assert recon.ReconOptions(problem="zsr", factor=3).params() == {"mode": "fast", "factor": 3, "simulate": False}
+    assert recon.parse_angles("0:180:4") == [0.0, 45.0, 90.0, 135.0]
+    with pytest.raises(LaunchError):
+        recon.parse_angles("0, ten")
+    assert generate.GenerateOptions(kind="wdm", spacing_mm=(1.0, 0.0, 1.0)).params() == {"samples": 1}  # card default
+    assert generate.GenerateOptions(kind="upscale", stages=1, samples=3).params() == {"stages": 1}
 
 
 def test_cascade_generates_slices_and_upscale_refines_a_volume_in_plane(scene, env):
