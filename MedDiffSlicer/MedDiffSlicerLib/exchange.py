@@ -161,11 +161,7 @@ def show_with_window(node, window: tuple[float, float] | None = None, color_node
 
 def show_as_ct(node, window_hu: tuple[float, float]) -> None:
     """Give ``node`` a grey display with a fixed CT window ``(level, width)`` in HU."""
-    node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    display.SetAutoWindowLevel(False)
-    level, width = window_hu
-    display.SetWindowLevel(width, level)
+    show_with_window(node, window_hu)
 
 
 def remove_nodes(nodes) -> None:
