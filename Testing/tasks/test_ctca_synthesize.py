@@ -60,7 +60,6 @@ def test_output_has_the_label_maps_exact_geometry(oblique_labels, tmp_path):
     assert ct.array.min() >= -1024 and (tmp_path / "p.png").stat().st_size > 100
 
 
-@pytest.mark.slow
 def test_high_resolution_stage_runs_on_patches(oblique_labels, tmp_path):
     out = tmp_path / "hr.nii.gz"
     rc = cli_main(["synthesize", "--labels", str(oblique_labels), "--out", str(out), "--model", "ctca-tiny",
@@ -69,7 +68,6 @@ def test_high_resolution_stage_runs_on_patches(oblique_labels, tmp_path):
     assert read_volume(out).same_grid(read_volume(oblique_labels), atol=1e-4)
 
 
-@pytest.mark.slow
 def test_seed_reproducible_and_samples_differ(oblique_labels, tmp_path):
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
     for p in (a, b):

@@ -60,7 +60,6 @@ def test_condition_dropout_zeroes_labels_only_for_dropped_items():
     assert torch.equal(seen["segmap"], batch["segmap"])
 
 
-@pytest.mark.slow
 def test_tiny_training_run_exports_a_model_that_synthesises(tmp_path, monkeypatch):
     from meddiffcore.tasks.ctca.model import load_ctca_model
     from meddiffcore.tasks.ctca.synthesis import SynthesisSettings, synthesize
