@@ -21,7 +21,8 @@ def test_apply_fills_the_sequence_with_the_ticked_bad_frame_and_writes_the_panel
     import qt  # the double's
     import slicer
 
-    sequence, _ = add_ctp_sequence(double.scene)
+    shape = dict(slices=8, size=32) if writing_pictures() else {}  # the demo model's slab is 8 slices
+    sequence, _ = add_ctp_sequence(double.scene, **shape)
     widget = make_widget(NAME, monkeypatch)
     params = widget._parameterNode
     assert params.inputNode is sequence and params.model == TINY_CTP
@@ -33,8 +34,9 @@ def test_apply_fills_the_sequence_with_the_ticked_bad_frame_and_writes_the_panel
     params.steps, params.seed, params.device, params.interval = 2, 1, "cpu", 1.5
     widget.ui.perfusionMapsCheckBox.setChecked(True)
     assert params.perfusionMaps is True and widget.ui.intervalSpinBox.value() == 1.5
-    if writing_pictures():  # no CTP model is bundled: the picture shows the tiny test model, mid-run
-        params.steps = 40
+    if writing_pictures():  # the README shows the bundled demo model, not the random-weight test model
+        params.model, params.steps = "ctp-demo", 20
+        assert "ctp-demo" in widget.ui.modelCardText.toPlainText()
 
     widget.ui.applyButton.click()
     assert widget.ui.applyButton.text() == "Cancel"
@@ -47,7 +49,7 @@ def test_apply_fills_the_sequence_with_the_ticked_bad_frame_and_writes_the_panel
     assert "perfusion CBF" in widget.ui.statusLabel.text()
     assert double.slice_layers and double.slice_layers[-1]["background"].IsA("vtkMRMLScalarVolumeNode")
     assert double.scene.GetFirstNodeByClass("vtkMRMLPlotChartNode") is not None
-    assert slicer.util.arrayFromVolume(double.slice_layers[-1]["background"]).shape == (4, 16, 16)
+    assert slicer.util.arrayFromVolume(double.slice_layers[-1]["background"]).shape == sequence.GetNthDataNode(0).GetImageData().GetDimensions()[::-1]
 
     keep_picture(widget, picture, SCREENSHOT)
 
