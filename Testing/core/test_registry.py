@@ -40,7 +40,7 @@ def test_cli_builds_and_command_modules_import_nothing_heavy():
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     marker = readme.index("<!-- test-command -->")
     block = readme[marker:].split("```")[1]
     command = block.split("\n", 1)[1].strip()
