@@ -330,7 +330,7 @@ def test_dicom_series_folder(tmp_path):
 
 
 def test_dicom_pydicom_ct_small(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     from pydicom.data import get_testdata_file
 
     src = get_testdata_file("CT_small.dcm")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
-vtk = pytest.importorskip("vtk")
-from vtk.util import numpy_support  # noqa: E402
+import slicer  # the slicer-core wheel, a test requirement: a missing install must fail, not skip
+import vtk
+from vtk.util import numpy_support
 
 from meddiffcore.io import Sequence, Volume, read_sequence, read_volume, write_sequence, write_volume  # noqa: E402
 
