@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctca_helpers import tiny_config
-from meddiffcore.io import Volume, read_volume, write_volume
+from meddiffcore.io import read_volume, write_volume
 from meddiffcore.tasks.ctca.config import HU_WINDOW, hu_to_model, model_to_hu
 from meddiffcore.tasks.ctca.evaluate import adherence, nearest_rmse
 from meddiffcore.tasks.ctca.labels import CORONARY

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from meddiffcore.diffusion import GaussianDenoiser
 from meddiffcore.metrics import psnr
 from meddiffcore.physics import ParallelBeam
 from meddiffcore.tasks.recon.fast import sample_fast

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from meddiffcore.diffusion.denoisers import DenoiserOutput, append_dims, predict
+from meddiffcore.diffusion.denoisers import DenoiserOutput, predict
 from meddiffcore.errors import ConfigError
 
 Callback = Callable[[dict[str, Any]], Any]

@@ -28,7 +28,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["atomic_output", "atomic_outputs", "remove_stale_temporaries", "split_extension", "temp_name_for"]
+__all__ = ["atomic_output", "atomic_outputs", "numbered_paths", "remove_stale_temporaries", "split_extension",
+           "temp_name_for"]
 
 #: Multi-part extensions kept whole at the end of temporary names.
 COMPOUND_EXTENSIONS = (
@@ -178,3 +179,17 @@ def remove_stale_temporaries(path: str | os.PathLike, pid: int | None = None) ->
             _remove_quietly(candidate)
             removed.append(candidate)
     return removed
+
+
+def numbered_paths(path: str | os.PathLike, count: int) -> list[Path]:
+    """Output names for ``count`` samples: ``out.nii.gz`` alone, or ``out_01.nii.gz``, ``out_02.nii.gz``...
+
+    The number goes before the whole extension (compound ones kept), and is
+    zero-padded so the files sort in order.
+    """
+    path = Path(path)
+    if count == 1:
+        return [path]
+    stem, ext = split_extension(path.name)
+    width = max(2, len(str(count)))
+    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]

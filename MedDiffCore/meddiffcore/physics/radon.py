@@ -111,8 +111,6 @@ class ParallelBeam:
     def _matrices(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = (str(device), dtype)
         if key not in self._mats:
-            import scipy.sparse as sp
-
             csr_t = _system_matrix_t(self.size, np.asarray(self.angles_deg), self.detectors)
             csr = csr_t.T.tocsr()
 

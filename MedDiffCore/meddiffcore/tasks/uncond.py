@@ -9,7 +9,6 @@ template a new task starts from.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ import torch
 from ..config import from_dict, to_dict
 from ..diffusion import NoiseSchedule, VPDenoiser, get_sampler, initial_noise, training_loss
 from ..errors import BadInputError, ConfigError
+from ..io.atomic import numbered_paths
 from ..models import ModelCard, load_model
 from ..nets import UNet, UNetConfig
 from ..train import TrainConfig
@@ -223,7 +223,7 @@ def run_generate(job, reporter) -> dict[str, str]:
                       generator=generator, callback=reporter.step_callback("sampling"))
     arrays = from_unit_range(images[:, 0].float().cpu().numpy(), window)
     volumes = [Volume.from_spacing(a if a.ndim == 3 else a[None], spacing_mm=spacing) for a in arrays]
-    paths = _numbered(Path(job.outputs["volume"]), samples)
+    paths = numbered_paths(Path(job.outputs["volume"]), samples)
     for volume, path in zip(volumes, paths):
         write_volume(volume, path)
     outputs = {"volume": str(paths[0])} if samples == 1 else {f"volume_{i + 1}": str(p) for i, p in enumerate(paths)}
@@ -234,12 +234,3 @@ def run_generate(job, reporter) -> dict[str, str]:
     return outputs
 
 
-def _numbered(path: Path, count: int) -> list[Path]:
-    """``out.nii.gz`` for one sample; ``out_01.nii.gz``... for several."""
-    if count == 1:
-        return [path]
-    from ..io.atomic import split_extension
-
-    stem, ext = split_extension(path.name)
-    width = max(2, int(math.log10(count)) + 1)
-    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]

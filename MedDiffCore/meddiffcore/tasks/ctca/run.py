@@ -12,14 +12,12 @@ the input.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 
 from ...errors import BadInputError, ConfigError
 from ...io import VOLUME_EXTENSIONS, VOLUME_WRITE_EXTENSIONS, Volume
-from ...io.atomic import split_extension
+from ...io.atomic import numbered_paths, split_extension
 
 #: The model used when a job names none.
 DEFAULT_MODEL = "ctca-demo"
@@ -53,14 +51,6 @@ def _label_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _numbered(path: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [path]
-    stem, ext = split_extension(path.name)
-    width = max(2, int(math.log10(count)) + 1)
-    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]
-
-
 def _check_output(path: Path, inputs: list[Path]) -> None:
     _, ext = split_extension(path.name)
     if ext.lower() not in VOLUME_WRITE_EXTENSIONS:
@@ -75,14 +65,14 @@ def _plan(job, files: list[Path], samples: int) -> list[list[Path]]:
     """Output paths per input file (one per sample)."""
     out = Path(job.outputs["volume"])
     if len(files) == 1 and not Path(job.inputs["labels"]).is_dir():
-        paths = [_numbered(out, samples)]
+        paths = [numbered_paths(out, samples)]
     else:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"a folder of label maps needs an output folder, '{out}' is a file", "pass --out FOLDER")
         paths = []
         for f in files:
             stem, _ = split_extension(f.name)
-            paths.append(_numbered(out / f"{stem}_ct.nii.gz", samples))
+            paths.append(numbered_paths(out / f"{stem}_ct.nii.gz", samples))
     return paths
 
 

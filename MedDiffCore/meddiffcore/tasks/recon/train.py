@@ -8,7 +8,6 @@ pair is exported as one safetensors file with ``primary.*`` and ``auxiliary.*`` 
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch

@@ -7,7 +7,6 @@ interpolation baselines the evaluation compares against. Arrays and tensors are
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -6,7 +6,6 @@ Every input is checked before sampling starts, so a bad job writes nothing.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 
 from ...errors import BadInputError, ConfigError
 from ...io import VOLUME_WRITE_EXTENSIONS
+from ...io.atomic import numbered_paths
 from .cascade import load_stages
 from .data import from_unit_range, to_unit_range
 from .model import sample_stage
@@ -37,16 +37,6 @@ def _check_output(path: str, allow_png: bool) -> None:
     allowed = VOLUME_WRITE_EXTENSIONS + (IMAGE_EXTENSIONS if allow_png else ())
     if not name.endswith(allowed):
         raise BadInputError(f"cannot write '{path}': unknown output format", f"use one of {', '.join(allowed)}")
-
-
-def _numbered(path: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [path]
-    from ...io.atomic import split_extension
-
-    stem, ext = split_extension(path.name)
-    width = max(2, int(math.log10(count)) + 1)
-    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]
 
 
 def _steps_and_sampler(job) -> tuple[int | None, str | None]:
@@ -93,7 +83,7 @@ def run_generate(job, reporter) -> dict[str, str]:
                               callback=reporter.step_callback(f"stage {stage}"))
     arrays = from_unit_range(images[:, 0].cpu().numpy(), tuple(card.task_config["intensity_window"]))
     volumes = [Volume.from_spacing(a[None], spacing_mm=spacing) for a in arrays]
-    paths = _numbered(Path(job.outputs["volume"]), samples)
+    paths = numbered_paths(Path(job.outputs["volume"]), samples)
     for volume, path in zip(volumes, paths):
         write_volume(volume, path)
     outputs = {"volume": str(paths[0])} if samples == 1 else {f"volume_{i + 1}": str(p) for i, p in enumerate(paths)}

@@ -5,7 +5,6 @@ Every input is checked before sampling starts, so a bad job writes nothing.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from ...config import from_dict
 from ...diffusion import get_sampler
 from ...errors import BadInputError, ConfigError
+from ...io.atomic import numbered_paths
 from ...models import ModelCard, load_model
 from ...nets import UNet, UNetConfig
 from ...nets.wavelet import check_even_size
@@ -25,17 +25,6 @@ def load_for_inference(ref: str, device: torch.device) -> tuple[ModelCard, UNet,
     net = UNet(UNetConfig.from_dict(card.network))
     net.load_state_dict(tensors)
     return card, net.to(device).eval(), from_dict(WDMDiffusionConfig, card.diffusion, where="diffusion")
-
-
-def numbered_paths(path: Path, count: int) -> list[Path]:
-    """``out.nii.gz`` for one sample; ``out_01.nii.gz``... for several."""
-    if count == 1:
-        return [path]
-    from ...io.atomic import split_extension
-
-    stem, ext = split_extension(path.name)
-    width = max(2, int(math.log10(count)) + 1)
-    return [path.with_name(f"{stem}_{i + 1:0{width}d}{ext}") for i in range(count)]
 
 
 def _size(job, card: ModelCard) -> tuple[int, int, int]:
@@ -127,4 +116,4 @@ def _one(net, diffusion, size, condition, index, steps, sampler, generator, repo
                     callback=callback).cpu()
 
 
-__all__ = ["load_for_inference", "numbered_paths", "run_generate"]
+__all__ = ["load_for_inference", "run_generate"]
