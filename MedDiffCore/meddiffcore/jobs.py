@@ -70,6 +70,25 @@ class Job:
     def output_paths(self) -> list[Path]:
         return [Path(p) for p in self.outputs.values() if p]
 
+    def require_model(self) -> str:
+        """The model reference, or a ConfigError saying how to give one."""
+        if not self.model:
+            raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
+        return self.model
+
+    def require_output(self, name: str = "volume") -> Path:
+        """The path of output ``name``, or a ConfigError naming it."""
+        if not self.outputs.get(name):
+            raise ConfigError(f"the job names no '{name}' output", f"set outputs.{name} to a .nii.gz/.nrrd path")
+        return Path(self.outputs[name])
+
+    def sample_count(self) -> int:
+        """``params.samples`` (default 1), at least 1."""
+        samples = int(self.params.get("samples", 1))
+        if samples < 1:
+            raise ConfigError(f"samples must be at least 1, got {samples}", "ask for 1 or more samples")
+        return samples
+
 
 def runner_for(task: str) -> Callable[[Job, Reporter], dict[str, str]]:
     if task not in JOB_RUNNERS:

@@ -47,3 +47,24 @@ def test_ci_runs_exactly_the_readme_test_command():
     printed = subprocess.run(["bash", str(REPO / ".ci" / "run"), "--print-command"], capture_output=True, text=True, check=True)
     assert printed.stdout.strip() == command
     assert command.index("pip install torch==") < command.index("pip install -e")
+
+
+def test_job_preconditions_name_what_is_missing(tmp_path):
+    from meddiffcore.errors import ConfigError
+    from meddiffcore.io import volume_files
+    from meddiffcore.errors import BadInputError
+    from meddiffcore.jobs import Job
+
+    job = Job(task="uncond.generate", params={"samples": 0})
+    with pytest.raises(ConfigError, match="no model given"):
+        job.require_model()
+    with pytest.raises(ConfigError, match="no 'volume' output"):
+        job.require_output("volume")
+    with pytest.raises(ConfigError, match="at least 1"):
+        job.sample_count()
+    assert Job(task="x", params={}).sample_count() == 1
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    (tmp_path / "notes.gz").write_bytes(b"")
+    assert volume_files(tmp_path) == [tmp_path / "a.nii.gz"]
+    with pytest.raises(BadInputError, match="no volume files"):
+        volume_files(tmp_path / "empty")

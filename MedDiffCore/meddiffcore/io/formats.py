@@ -723,3 +723,18 @@ def write_sequence(seq: Sequence, path: str | os.PathLike, *, compress: bool = T
                  f"axis {a} index type": "numeric", f"axis {a} index values": values}
     _write_nrrd_file(p, ext, data, fields, keyvalues, compress)
     return p
+
+
+def volume_files(folder: str | os.PathLike) -> list[Path]:
+    """The volume files (by extension, :data:`VOLUME_EXTENSIONS`) directly in ``folder``, sorted by name.
+
+    A missing or empty folder is a BadInputError, so datasets and batch jobs fail
+    with one clear message instead of training on nothing.
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS)) \
+        if folder.is_dir() else []
+    if not files:
+        raise BadInputError(f"no volume files ({', '.join(VOLUME_EXTENSIONS)}) in '{folder}'",
+                            "point the setting at a folder of volumes")
+    return files

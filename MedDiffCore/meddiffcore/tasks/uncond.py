@@ -18,7 +18,7 @@ import torch
 
 from ..config import from_dict, to_dict
 from ..diffusion import NoiseSchedule, VPDenoiser, get_sampler, initial_noise, training_loss
-from ..errors import BadInputError, ConfigError
+from ..errors import ConfigError
 from ..io.atomic import numbered_paths
 from ..models import ModelCard, load_model
 from ..nets import UNet, UNetConfig
@@ -99,11 +99,9 @@ class FolderDataset(torch.utils.data.Dataset):
     """Centre crops (zero-padded) of the volumes in a folder, through a fixed intensity window."""
 
     def __init__(self, folder: str, size: tuple[int, ...], window: tuple[float, float]) -> None:
-        from ..io import read_volume
+        from ..io import read_volume, volume_files
 
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix in (".nii", ".gz", ".nrrd", ".mha"))
-        if not paths:
-            raise BadInputError(f"no volumes (.nii.gz, .nrrd, .mha) in '{folder}'", "point data.folder at a folder of volumes")
+        paths = volume_files(folder)
         self.arrays = [self._crop(to_unit_range(read_volume(p).array, window), size) for p in paths]
 
     @staticmethod
@@ -203,13 +201,9 @@ def run_generate(job, reporter) -> dict[str, str]:
     from ..io import Volume, write_volume
     from ..preview import write_preview
 
-    if not job.model:
-        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
-    if "volume" not in job.outputs:
-        raise ConfigError("the job names no 'volume' output", "set outputs.volume to a .nii.gz/.nrrd path")
-    samples = int(job.params.get("samples", 1))
-    if samples < 1:
-        raise ConfigError(f"samples must be at least 1, got {samples}", "ask for 1 or more samples")
+    job.require_model()
+    job.require_output("volume")
+    samples = job.sample_count()
     device = resolve_device(job.device)
     card, net, diffusion = load_for_inference(job.model, device)
     size = tuple(card.task_config["size"])

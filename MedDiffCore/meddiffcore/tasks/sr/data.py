@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,13 +40,9 @@ class FolderSlices(torch.utils.data.Dataset):
     """Axial slices of the volumes in a folder, area-resized to the stage's size (square slices only)."""
 
     def __init__(self, data: SRDataConfig) -> None:
-        from ...io import read_volume
+        from ...io import read_volume, volume_files
 
-        folder = Path(data.folder)
-        paths = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha"))) \
-            if folder.is_dir() else []
-        if not paths:
-            raise BadInputError(f"no volumes (.nii.gz, .nrrd, .mha) in '{folder}'", "point data.folder at a folder of volumes")
+        paths = volume_files(data.folder)
         slices = []
         for path in paths:
             array = read_volume(path).array

@@ -55,17 +55,13 @@ def run_generate(job, reporter) -> dict[str, str]:
     """Job ``sr.generate``: base samples, then every SR stage. Params samples, steps, sampler, spacing."""
     from ...devices import resolve_device
     from ...io import Volume, write_volume
-    if not job.model:
-        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
-    if not job.outputs.get("volume"):
-        raise ConfigError("the job names no 'volume' output", "set outputs.volume to a .nii.gz/.nrrd path")
+    job.require_model()
+    job.require_output("volume")
     if job.inputs.get("condition"):
         raise BadInputError("the SR cascade generates new slices and takes no condition",
                             "use `meddiff upscale --input IMAGE` to super-resolve an existing image")
     _check_output(job.outputs["volume"], allow_png=False)
-    samples = int(job.params.get("samples", 1))
-    if samples < 1:
-        raise ConfigError(f"samples must be at least 1, got {samples}", "ask for 1 or more samples")
+    samples = job.sample_count()
     steps, sampler = _steps_and_sampler(job)
     device = resolve_device(job.device)
     card, stages = load_stages(job.model, device)
@@ -117,8 +113,7 @@ def run_upscale(job, reporter) -> dict[str, str]:
     from ...io import Volume, write_volume
     from ...preview import Window, write_png
 
-    if not job.model:
-        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
+    job.require_model()
     if not job.inputs.get("image"):
         raise ConfigError("the job names no 'image' input", "pass --input IMAGE_OR_VOLUME")
     out_path = job.outputs.get("volume") or ""

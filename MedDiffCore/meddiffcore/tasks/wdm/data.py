@@ -55,13 +55,9 @@ class FolderVolumes(torch.utils.data.Dataset):
     """Volumes of a folder already on the model's grid (and, for cWDM, same-named condition volumes)."""
 
     def __init__(self, data: WDMDataConfig) -> None:
-        from ...io import read_volume
+        from ...io import read_volume, volume_files
 
-        folder = Path(data.folder)
-        paths = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha"))) \
-            if folder.is_dir() else []
-        if not paths:
-            raise BadInputError(f"no volumes (.nii.gz, .nrrd, .mha) in '{folder}'", "point data.folder at a folder of volumes")
+        paths = volume_files(data.folder)
         self.items = []
         for path in paths:
             volume = read_volume(path)

@@ -46,13 +46,9 @@ def run_generate(job, reporter) -> dict[str, str]:
     from ...io import Volume, read_volume, write_volume
     from ...preview import write_preview
 
-    if not job.model:
-        raise ConfigError("no model given", "pass --model NAME (see `meddiff models list`)")
-    if not job.outputs.get("volume"):
-        raise ConfigError("the job names no 'volume' output", "set outputs.volume to a .nii.gz/.nrrd path")
-    samples = int(job.params.get("samples", 1))
-    if samples < 1:
-        raise ConfigError(f"samples must be at least 1, got {samples}", "ask for 1 or more samples")
+    job.require_model()
+    job.require_output("volume")
+    samples = job.sample_count()
     device = resolve_device(job.device)
     card, net, diffusion = load_for_inference(job.model, device)
     window = tuple(card.task_config["intensity_window"])
