@@ -62,6 +62,18 @@ def test_sr3_continuous_noise_level_training():
     assert torch.all((oracle.t_in > 0) & (oracle.t_in <= 1)) and not torch.allclose(oracle.t_in, oracle.t_in.round())
 
 
+def test_fixed_sigmas_set_the_noise_level_of_each_item():
+    sch = sr3_linear_schedule()
+    x0, eps, _ = _batch(b=3)
+    sigma = torch.tensor([0.1, 1.0, 40.0], dtype=torch.float64)
+    oracle = Oracle(sch, x0, eps, "v", continuous=True)
+    loss, _ = training_loss("v_mse", oracle, x0, sch, noise=eps, sigma=sigma)
+    assert loss.item() < 1e-20
+    torch.testing.assert_close(oracle.t_in, (1 + sigma**2).rsqrt())  # SR3 noise level sqrt(alpha_bar)
+    with pytest.raises(ConfigError, match="continuous"):
+        training_loss("v_mse", oracle, x0, SCH, noise=eps, sigma=sigma)
+
+
 def _brute_force_vlb(schedule, x0, x_t, t, eps_hat, v):
     """Per-sample L_t in bits/dim from torch.distributions, one sample at a time."""
     ab = schedule.alphas_cumprod.tolist()

@@ -87,12 +87,14 @@ def training_loss(
     score_scaling: str = "divide_by_sigma",
     noise: Tensor | None = None,
     t: Tensor | None = None,
+    sigma: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The training loss of ``kind`` for a batch ``x0`` of shape ``(B, C, *spatial)``.
 
     ``generator`` (on ``x0``'s device) draws the steps and the noise; ``noise``
     and ``t`` (a ``(B,)`` int64 step, discrete VP schedules only) fix them instead,
-    for tests. Returns ``(loss, terms)``.
+    for tests; ``sigma`` (``(B,)``, continuous VP schedules only) fixes the noise
+    levels, for a task that weights some levels more. Returns ``(loss, terms)``.
     """
     LossConfig(kind=kind, score_scaling=score_scaling)  # validates
     cond = dict(cond or {})
@@ -110,10 +112,14 @@ def training_loss(
         return loss, {"loss": loss.item(), "dsm": per.mean().item()}
     if not schedule.is_vp:
         raise ConfigError(f"Loss {kind!r} needs a variance-preserving schedule.", "Use kind='dsm' for VE score models.")
+    if sigma is not None and not schedule.continuous:
+        raise ConfigError("Fixed training sigmas need a continuous schedule.", "Pass t (steps) for a discrete schedule.")
     if t is None and not schedule.continuous:
         t = schedule.sample_training_steps(b, generator).to(x0.device)
     if t is not None:
         sigma = schedule.train_sigmas.to(x0.device)[t].to(x0.dtype)
+    elif sigma is not None:
+        sigma = sigma.to(x0)
     else:
         sigma = schedule.sample_training_sigmas(b, generator).to(x0)
     s = append_dims(sigma, x0.ndim)
