@@ -58,6 +58,7 @@ class CTPTemporalInpaintParameterNode:
     seed: Annotated[int, WithinRange(-1, 2**31 - 1)] = -1
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     interval: Annotated[float, WithinRange(0.1, 60.0)] = 1.0
+    estimate: Annotated[str, Choice(["mean", "sample"])] = "mean"
     perfusionMaps: bool = False
     importModelFile: pathlib.Path = pathlib.Path()
     outputSequence: vtkMRMLSequenceNode
@@ -239,7 +240,7 @@ class CTPTemporalInpaintLogic(ScriptedLoadableModuleLogic):
     def options(self, parameterNode, badFrames=()) -> ctp.InpaintOptions:
         return ctp.InpaintOptions(model=parameterNode.model, steps=parameterNode.steps, seed=parameterNode.seed,
                                   device=parameterNode.device, interval_s=parameterNode.interval,
-                                  bad_frames=list(badFrames), perfusion_maps=parameterNode.perfusionMaps)
+                                  estimate=parameterNode.estimate, bad_frames=list(badFrames), perfusion_maps=parameterNode.perfusionMaps)
 
     def start(self, parameterNode, badFrames=()):
         """Start inpainting the parameter node's input; returns the running job (poll or wait on it)."""

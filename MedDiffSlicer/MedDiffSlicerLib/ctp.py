@@ -34,14 +34,22 @@ TIME_TOLERANCE_S = 1e-3
 
 @dataclass
 class InpaintOptions(RunOptions):
-    """Target interval in seconds; bad frames as 0-based indices into the input; maps on the filled sequence."""
+    """Target interval in seconds; bad frames as 0-based indices into the input; maps on the filled sequence.
+
+    ``estimate``: "mean" (the posterior-mean frame, one network evaluation), "sample" (drawn in ``steps``
+    steps) or "" (the model card's choice).
+    """
 
     interval_s: float = 1.0
     bad_frames: list[int] = field(default_factory=list)
     perfusion_maps: bool = False
+    estimate: str = ""
 
     def params(self) -> dict:
-        return {"interval": float(self.interval_s), "bad_frames": sorted(int(i) for i in self.bad_frames)}
+        params = {"interval": float(self.interval_s), "bad_frames": sorted(int(i) for i in self.bad_frames)}
+        if self.estimate:
+            params["estimate"] = self.estimate
+        return params
 
 
 def _bad_input(message: str, hint: str) -> LaunchError:

@@ -89,7 +89,8 @@ def test_cancel_during_inpainting_stops_the_chain_and_adds_nothing(scene, env):
 
     sequence, _ = add_ctp_sequence(scene, frames=5, every=4)
     before = scene_snapshot(scene)
-    options = ctp.InpaintOptions(model=TINY_CTP, steps=1000, seed=3, device="cpu", perfusion_maps=True)
+    options = ctp.InpaintOptions(model=TINY_CTP, steps=1000, estimate="sample", seed=3, device="cpu",
+                                 perfusion_maps=True)
     job = ctp.start_inpaint(sequence, options, env=env)
     deadline = time.monotonic() + 60
     while job.progress.total == 0 and not job.poll():

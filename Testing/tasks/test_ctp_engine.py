@@ -106,6 +106,78 @@ def test_slabs_odd_sizes_and_seeds(home):
         np.testing.assert_allclose(frames[0][air], (0.75 * hu[0] + 0.25 * hu[1])[air], rtol=1e-5)
 
 
+class CountingNet(torch.nn.Module):
+    """The real tiny network, counting its forward calls."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls, self.config = net, 0, net.config
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+
+def test_mean_estimate_is_the_interpolation_plus_the_residual_in_one_evaluation(home):
+    from meddiffcore.tasks.ctp.inpaint import inpaint_frames, linear_fill
+    from meddiffcore.tasks.ctp.model import load_for_inference
+    from meddiffcore.tasks.ctp.plan import make_plan
+
+    model = load_for_inference(TINY, torch.device("cpu"))
+    ph = make_ctp_phantom(4, slices=8, size=32, frames=9)
+    hu, times = ph.sequence.array[[0, 4, 8]], np.array([0.0, 4.0, 8.0])
+    plan = make_plan(times)
+    model.net = CountingNet(model.net)
+    frames, stats = inpaint_frames(hu, times, plan, model, steps=5, sampler="dpmpp_2m", device=torch.device("cpu"),
+                                   estimate="mean", generator=torch.Generator().manual_seed(0), batch_size=4)
+    assert stats["batches"] == 2 and model.net.calls == 2 == stats["network_evaluations"]
+    linear = linear_fill(hu, plan)
+    assert not np.allclose(frames, linear, atol=0.5)  # the (random) network adds a residual
+    model.net.calls = 0
+    _, stats = inpaint_frames(hu, times, plan, model, steps=5, sampler="dpmpp_2m", device=torch.device("cpu"),
+                              estimate="sample", generator=torch.Generator().manual_seed(0), batch_size=4)
+    assert model.net.calls == stats["network_evaluations"] == 2 * 5  # 2 batches of 5 dpmpp_2m steps
+    # a network whose residual output is zero (v = 0) leaves the linear interpolation (up to sqrt(alpha_bar) x_T / 10)
+    with torch.no_grad():
+        for p in model.net.net.out.parameters():
+            p.zero_()
+    frames, _ = inpaint_frames(hu, times, plan, model, steps=5, sampler="dpmpp_2m", device=torch.device("cpu"),
+                               estimate="mean", generator=torch.Generator().manual_seed(0), batch_size=4)
+    np.testing.assert_allclose(frames, linear, atol=0.5)
+
+
+def test_residual_loss_targets_the_scaled_difference_from_the_interpolation():
+    from meddiffcore.tasks.ctp.config import CTPDiffusionConfig
+    from meddiffcore.tasks.ctp.model import linear_between, residual_loss
+
+    known = torch.stack([torch.full((1, 2, 4, 4), -0.5), torch.full((1, 2, 4, 4), 0.5)], dim=1)[:, :, 0]
+    weight = torch.tensor([0.25])
+    np.testing.assert_allclose(linear_between(known, weight).numpy(), -0.25)
+    diffusion = CTPDiffusionConfig(prediction="x0", loss="x0_mse")
+    batch = {"known": known, "weight": weight, "context": torch.zeros(1, 5),
+             "target": torch.full((1, 1, 2, 4, 4), -0.15)}  # 0.1 above the line: residual 10 x 0.1 = 1
+
+    def predicts(value):
+        return lambda x, t, **cond: torch.full_like(x, value)
+
+    assert residual_loss(predicts(1.0), batch, diffusion)[0].item() == pytest.approx(0.0, abs=1e-10)
+    assert residual_loss(predicts(0.0), batch, diffusion)[0].item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_evaluate_reports_model_linear_and_the_noise_free_oracle(home):
+    from meddiffcore.tasks.ctp.evaluate import evaluate, format_report
+
+    result = evaluate(TINY, phantoms=1, size=32, intervals=(4,), device="cpu")
+    s = result["summary"]["4s"]
+    assert result["estimate"] == "mean" and set(s) >= {"model", "linear", "oracle", "full_1s"}
+    # the noise-free frames beat the interpolation of noisy ones against the acquired frames, but not by much:
+    # the acquired frames' own noise bounds every method
+    assert s["linear"]["psnr"] < s["oracle"]["psnr"] < s["linear"]["psnr"] + 6
+    assert s["linear"]["psnr"] < s["linear"]["psnr_noise_free"]
+    assert s["oracle"]["map_relative_error"] < s["linear"]["map_relative_error"]
+    assert "oracle" in format_report(result) and "inf" not in json.dumps(result)
+
+
 def test_readers_folder_npy_nifti(tmp_path):
     from meddiffcore.tasks.ctp.sequences import read_ctp_sequence
 

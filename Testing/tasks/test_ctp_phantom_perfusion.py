@@ -66,8 +66,11 @@ def test_phantom_anatomy_lesion_and_truth(clean):
 
 def test_noise_is_added_with_the_requested_level():
     a = make_ctp_phantom(5, size=32, frames=20, noise_hu=0.0).sequence.array
-    b = make_ctp_phantom(5, size=32, frames=20, noise_hu=2.0).sequence.array
+    noisy = make_ctp_phantom(5, size=32, frames=20, noise_hu=2.0)
+    b = noisy.sequence.array
     assert np.std(b - a) == pytest.approx(2.0, rel=0.05)
+    # the phantom keeps its noise-free frames for evaluation: the same anatomy and bolus, without the noise
+    assert np.array_equal(noisy.noise_free, a)
 
 
 def test_bsvd_recovers_a_residue_function_from_its_discrete_convolution():

@@ -23,8 +23,12 @@ def register(subparsers, groups) -> None:
     p.add_argument("--out", required=True, help="output .seq.nrrd (any times), 4D NIfTI or .npy (evenly spaced times)")
     p.add_argument("--interval", type=float, default=1.0, help="target frame interval in seconds (default 1)")
     p.add_argument("--bad-frames", default=None, metavar="I,J,...", help="0-based indices of input frames to replace")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
-    p.add_argument("--sampler", default=None, help="ancestral, ddim, dpmpp_2m, euler, heun (default: the model card's)")
+    p.add_argument("--estimate", choices=("mean", "sample"), default=None,
+                   help="mean: the posterior-mean frame in one network evaluation (noise-free; best PSNR and maps); "
+                        "sample: a frame drawn with --sampler/--steps (realistic noise) (default: the model card's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps for --estimate sample (default: the model card's)")
+    p.add_argument("--sampler", default=None,
+                   help="ancestral, ddim, dpmpp_2m, euler, heun for --estimate sample (default: the model card's)")
     p.add_argument("--batch-size", type=int, default=None, help="(frame, slab) items sampled together (default 8)")
     p.add_argument("--times", default=None, help="frame times in s (0,2,4,...) or one interval; overrides the file's")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel size (mm) for .npy input")
@@ -59,6 +63,7 @@ def register(subparsers, groups) -> None:
     p.add_argument("--phantoms", type=int, default=2, help="held-out phantoms (seeds 0..N-1; training uses 100000+)")
     p.add_argument("--size", type=int, default=64, help="in-plane size of the phantoms")
     p.add_argument("--intervals", default="2,4,8", help="sparse sampling intervals in s")
+    p.add_argument("--estimate", choices=("mean", "sample"), default=None, help="posterior mean or a sample (default: the card's)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sampler", default=None)
     p.add_argument("--device", default="auto")
@@ -72,7 +77,7 @@ def _inpaint(args: argparse.Namespace) -> int:
     from ..jobs import Job
 
     params = {"interval": args.interval}
-    for key in ("bad_frames", "steps", "sampler", "batch_size", "times", "spacing"):
+    for key in ("bad_frames", "estimate", "steps", "sampler", "batch_size", "times", "spacing"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     job = Job(task="ctp.inpaint", inputs={"sequence": args.sequence}, outputs={"sequence": args.out},
@@ -112,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         intervals = [int(v) for v in str(args.intervals).split(",") if v.strip()]
         result = evaluate(args.model, phantoms=args.phantoms, size=args.size, intervals=intervals, steps=args.steps,
-                          sampler=args.sampler, device=args.device, seed=args.seed,
+                          sampler=args.sampler, estimate=args.estimate, device=args.device, seed=args.seed,
                           log=lambda m: print(m, file=sys.stderr))
         print(format_report(result))
         if args.json:

@@ -173,9 +173,11 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
     scaler = torch.amp.GradScaler("cuda", enabled=(cfg.precision == "fp16" and device.type == "cuda"))
 
     step = 0
+    earlier_wall_s = 0.0  # wall time of the sessions before a resume, so the card reports the whole run
     if resume and has_state(out_dir):
         meta = load_state(out_dir, net=net, ema=ema, optimizer=optimizer, device=device)
         step = int(meta["step"])
+        earlier_wall_s = float(meta.get("wall_time_s", 0.0))
         if meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
         if "rng_state" in meta:
@@ -230,7 +232,8 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         if ctx.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             save_state(out_dir, net=net, ema=ema, optimizer=optimizer,
                        scaler_state=scaler.state_dict() if scaler.is_enabled() else None, step=step,
-                       extra={"task": task.name, "rng_state": torch.get_rng_state().tolist()})
+                       extra={"task": task.name, "rng_state": torch.get_rng_state().tolist(),
+                              "wall_time_s": round(earlier_wall_s + time.monotonic() - started, 1)})
 
     if not ctx.is_main:
         return None
@@ -243,7 +246,7 @@ def _train(task, config, cfg: TrainConfig, ctx: DistributedContext, resume: bool
         "final_loss": _last_logged_loss(metrics_path),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "world_size": ctx.world_size,
-        "wall_time_s": round(time.monotonic() - started, 1),
+        "wall_time_s": round(earlier_wall_s + time.monotonic() - started, 1),
         "weights": "EMA",
     }
     files = save_model(out_dir / "model", card, ema.state_dict())

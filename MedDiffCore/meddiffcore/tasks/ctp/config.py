@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meddiffcore.diffusion import NoiseSchedule, sr3_linear_schedule
+from meddiffcore.errors import ConfigError
 from meddiffcore.nets import UNetConfig
 from meddiffcore.train import TrainConfig
 
@@ -49,15 +50,47 @@ def default_network() -> UNetConfig:
                       attention_levels=(), middle_attention=False, norm_groups=8, embedding_channels=2 + len(PHASES))
 
 
+#: How a missing frame is produced: the posterior mean (one network evaluation) or a sample (the sampler).
+ESTIMATES = ("mean", "sample")
+
+
 @dataclass
 class CTPDiffusionConfig:
-    """SR3 continuous noise-level conditioning (the step count is chosen at sampling)."""
+    """SR3 continuous noise-level conditioning (the step count is chosen at sampling).
+
+    The diffusion variable is the scaled residual ``residual_scale * (frame -
+    linear interpolation of the two known frames)`` in window units: most of a
+    frame is the interpolation, so the network spends itself on what the line
+    misses (the curvature of the bolus and the noise). ``residual_scale`` brings
+    that residual (a few HU, a few hundredths of the window) to about unit size.
+
+    ``estimate = "mean"`` gives the posterior mean of the frame given its two
+    known frames: the denoiser's output at the top of the schedule, where the
+    noisy input carries no information, in one network evaluation. It is the
+    minimum-squared-error frame (noise-free, since the frame's own noise cannot
+    be predicted) and gives the best PSNR and perfusion maps. ``"sample"`` draws a
+    frame with ``sampler`` and ``sampling_steps``: realistic noise texture,
+    higher error.
+    """
 
     schedule: dict = field(default_factory=lambda: sr3_linear_schedule().to_dict())
+    prediction: str = "v"
+    loss: str = "v_mse"
+    residual_scale: float = 10.0
+    estimate: str = "mean"
+    mean_fraction: float = 0.5
     sampler: str = "dpmpp_2m"
     sampling_steps: int = 20
     peak_margin_s: float = 2.0
     """A target within this many seconds of the (estimated) bolus peak is in the 'peak' phase."""
+
+    def __post_init__(self) -> None:
+        if self.estimate not in ESTIMATES:
+            raise ConfigError(f"unknown estimate {self.estimate!r}", f"use one of {', '.join(ESTIMATES)}")
+        if not 0.0 <= self.mean_fraction < 1.0:
+            raise ConfigError(f"mean_fraction must be in [0, 1), got {self.mean_fraction}", "use e.g. 0.5")
+        if not self.residual_scale > 0:
+            raise ConfigError(f"residual_scale must be positive, got {self.residual_scale}", "use e.g. 10")
 
     def noise_schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_dict(self.schedule)

@@ -30,7 +30,8 @@ class PhantomSequence:
 
 
 class CTPTupleDataset(torch.utils.data.Dataset):
-    """Items ``{"target": (1, Z, c, c), "known": (2, Z, c, c), "context": (5,)}``; item ``k`` is always the same."""
+    """Items ``{"target": (1, Z, c, c), "known": (2, Z, c, c), "context": (5,), "weight": ()}`` (weight: the
+    target's fraction of the gap, for the linear interpolation); item ``k`` is always the same."""
 
     def __init__(self, data: CTPDataConfig, peak_margin_s: float, seed: int = 0) -> None:
         self.data, self.margin, self.seed = data, peak_margin_s, seed
@@ -56,4 +57,5 @@ class CTPTupleDataset(torch.utils.data.Dataset):
         t_left, t_target, t_right = seq.times_s[i], seq.times_s[i + p], seq.times_s[i + tr]
         ctx = context_vector(t_target - t_left, t_right - t_target, phase_of(t_target, seq.peak_s, self.margin))
         return {"target": torch.from_numpy(target)[None], "known": torch.from_numpy(np.stack([left, right])),
-                "context": torch.from_numpy(ctx)}
+                "context": torch.from_numpy(ctx),
+                "weight": torch.tensor(p / tr, dtype=torch.float32)}

@@ -1,4 +1,8 @@
-"""Fill a sequence: sample every missing frame of every slab in batches, blend the slabs, keep known frames.
+"""Fill a sequence: estimate every missing frame of every slab in batches, blend the slabs, keep known frames.
+
+A frame is the linear interpolation of its two known frames plus the residual
+the model gives: the posterior mean (one network evaluation, the default) or a
+sample (the configured sampler and steps).
 
 Each synthesized frame is conditioned on its two bounding known frames (not
 autoregressive), so all of them are independent and go through the sampler
@@ -23,8 +27,8 @@ import torch
 
 from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluations
 
-from .config import hu_to_model, model_to_hu, tissue_mask, window_bounds
-from .model import LoadedModel, denoiser_for
+from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
+from .model import LoadedModel, denoiser_for, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
 #: Default number of (frame, slab) items sampled together.
@@ -65,6 +69,36 @@ def sampling_sigmas(diffusion, steps: int) -> torch.Tensor:
     return diffusion.noise_schedule().sampling_sigmas(steps)
 
 
+def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
+                    weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
+                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None
+                    ) -> torch.Tensor:
+    """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
+
+    The linear interpolation plus the residual the model gives: its posterior
+    mean (``estimate="mean"``: the denoiser at the top of the schedule, one
+    evaluation) or a sample drawn with ``sampler`` in ``steps`` steps.
+    """
+    denoiser = denoiser_for(net, diffusion)
+    sigmas = sampling_sigmas(diffusion, steps).to(known.device)
+    shape = (known.shape[0], 1, *known.shape[2:])
+    x = initial_noise(shape, sigmas, generator, device=known.device)
+    cond = {"concat": known, "embedding": context}
+    if estimate == "mean":
+        sigma = sigmas[:1].expand(shape[0])
+        residual = denoiser(x, sigma, **cond)
+        if callback is not None:
+            callback({"i": 0})
+    else:
+        residual = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond)
+    return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-1, 1)
+
+
+def evaluations_per_item(estimate: str, sampler: str, steps: int) -> int:
+    """Network evaluations one batch costs."""
+    return 1 if estimate == "mean" else network_evaluations(sampler, steps)
+
+
 def peak_time(seq_hu: np.ndarray, times_s: np.ndarray, known: list[int], mask: np.ndarray) -> float:
     """The bolus peak estimated from the known frames: largest mean windowed tissue intensity."""
     means = [float(hu_to_model(seq_hu[k][mask]).mean()) if mask.any() else 0.0 for k in known]
@@ -72,15 +106,17 @@ def peak_time(seq_hu: np.ndarray, times_s: np.ndarray, known: list[int], mask: n
 
 
 def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model: LoadedModel, *, steps: int,
-                   sampler: str, device: torch.device, generator: torch.Generator | None = None,
-                   batch_size: int = DEFAULT_BATCH, progress: Callable[[int, int], None] | None = None
-                   ) -> tuple[np.ndarray, dict]:
+                   sampler: str, device: torch.device, estimate: str | None = None,
+                   generator: torch.Generator | None = None, batch_size: int = DEFAULT_BATCH,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Synthesize ``plan.targets`` of the HU sequence ``hu`` (T, Z, Y, X).
 
+    ``estimate`` is ``"mean"`` or ``"sample"`` (default: the model card's).
     Returns the (n_targets, Z, Y, X) float32 HU frames and run statistics
     (network evaluations, batches). ``progress(step, total)`` is called after
-    every sampler step.
+    every network step.
     """
+    estimate = estimate or model.diffusion.estimate
     level, width = model.window_level_hu, model.window_width_hu
     lo, hi = window_bounds(level, width)
     n_z, n_y, n_x = hu.shape[1:]
@@ -103,27 +139,27 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     wsum = np.zeros(zs, np.float32)
     for s in starts:
         wsum[s:s + slab] += slab_weights(slab, s, zs, starts)
-    denoiser = denoiser_for(model.net, model.diffusion)
-    sigmas = sampling_sigmas(model.diffusion, steps).to(device)
-    sample = get_sampler(sampler)
     n_batches = (len(items) + batch_size - 1) // batch_size
-    steps = len(sigmas) - 1
-    total = n_batches * steps
+    steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps)) - 1
+    total = n_batches * steps_per_batch
     for b in range(n_batches):
         chunk = items[b * batch_size:(b + 1) * batch_size]
-        known = np.stack([np.stack([padded[plan.targets[ti].left][s:s + slab], padded[plan.targets[ti].right][s:s + slab]])
-                          for ti, s in chunk])
-        ctx = np.stack([context_vector(plan.targets[ti].left_gap_s, plan.targets[ti].right_gap_s, plan.targets[ti].phase)
-                        for ti, _ in chunk])
-        cond = {"concat": torch.from_numpy(known).to(device), "embedding": torch.from_numpy(ctx).to(device)}
-        x = initial_noise((len(chunk), 1, *known.shape[2:]), sigmas, generator, device=device)
+        targets = [plan.targets[ti] for ti, _ in chunk]
+        known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
+                          for g, (_, s) in zip(targets, chunk)])
+        ctx = np.stack([context_vector(g.left_gap_s, g.right_gap_s, g.phase) for g in targets])
+        weight = np.array([g.left_gap_s / (g.left_gap_s + g.right_gap_s) for g in targets], np.float32)
 
         def callback(info, b=b):
             if progress is not None:
-                progress(b * steps + int(info["i"]) + 1, total)
+                progress(b * steps_per_batch + int(info["i"]) + 1, total)
 
-        out = sample(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond)
-        out = out[:, 0].clamp(-1, 1).float().cpu().numpy()
+        with torch.inference_mode():
+            out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
+                                  torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
+                                  estimate=estimate, sampler=sampler, steps=steps, generator=generator,
+                                  callback=callback)
+        out = out[:, 0].float().cpu().numpy()
         for (ti, s), o in zip(chunk, out):
             acc[ti, s:s + slab] += o * slab_weights(slab, s, zs, starts)[:, None, None]
     acc /= wsum[None, :, None, None]
@@ -134,9 +170,9 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         a, c = hu[g.left], hu[g.right]
         use = mask & (a >= lo) & (a <= hi) & (c >= lo) & (c <= hi)
         frames[ti] = np.where(use, model_hu[ti], frames[ti])
-    stats = {"network_evaluations": network_evaluations(sampler, steps) * n_batches, "batches": n_batches,
-             "items": len(items), "slabs": len(starts), "steps": steps, "sampler": sampler,
-             "peak_s": plan.peak_s, "missing_frames": len(plan.targets)}
+    stats = {"network_evaluations": evaluations_per_item(estimate, sampler, steps) * n_batches, "batches": n_batches,
+             "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
+             "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets)}
     return frames, stats
 
 

@@ -26,15 +26,30 @@ def check_network(config: UNetConfig) -> None:
 
 
 def denoiser_for(net: torch.nn.Module, diffusion: CTPDiffusionConfig) -> VPDenoiser:
-    """eps prediction with SR3 continuous noise-level input (the seed's parameterisation)."""
-    return VPDenoiser(net, diffusion.noise_schedule(), prediction="eps", time_input="noise_level")
+    """The network as a denoiser of the scaled residual, with SR3 continuous noise-level input."""
+    return VPDenoiser(net, diffusion.noise_schedule(), prediction=diffusion.prediction, time_input="noise_level")
 
 
-def eps_l1_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The seed's loss: L1 between the true and the predicted noise, at a continuous SR3 noise level."""
-    return training_loss("eps_l1", net, batch["target"], diffusion.noise_schedule(),
-                         {"concat": batch["known"], "embedding": batch["context"]}, generator=generator)
+def linear_between(known: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) linear interpolation of the (B, 2, ...) known frames at fraction ``weight`` (B,) of the gap."""
+    w = weight.reshape(-1, *([1] * (known.ndim - 1))).to(known.dtype)
+    return (1 - w) * known[:, :1] + w * known[:, 1:2]
+
+
+def residual_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured diffusion loss on the scaled residual of the target frame from the linear interpolation.
+
+    A ``mean_fraction`` of the items is noised to the top of the schedule (see :class:`CTPDiffusionConfig`).
+    """
+    residual = diffusion.residual_scale * (batch["target"] - linear_between(batch["known"], batch["weight"]))
+    schedule = diffusion.noise_schedule()
+    b = residual.shape[0]
+    sigma = schedule.sample_training_sigmas(b, generator)
+    top = torch.rand(b, generator=generator, device=sigma.device) < diffusion.mean_fraction
+    sigma = torch.where(top, schedule.sampling_sigmas(1)[0].to(sigma), sigma)
+    return training_loss(diffusion.loss, net, residual, schedule, {"concat": batch["known"], "embedding": batch["context"]},
+                         generator=generator, sigma=sigma.to(residual.device))
 
 
 @dataclass

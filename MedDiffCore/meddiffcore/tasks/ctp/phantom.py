@@ -80,6 +80,8 @@ class CTPPhantom:
     lesion: np.ndarray  # uint8, LESION_LABELS
     aif: AIFParams
     info: dict = field(default_factory=dict)
+    noise_free: np.ndarray | None = None
+    """(T, z, y, x) float32 HU before the noise: what a noise-free scanner would show (for evaluation)."""
 
     def truth_volumes(self) -> dict[str, Volume]:
         """Ground-truth maps as volumes on the sequence's grid."""
@@ -242,6 +244,7 @@ def make_ctp_phantom(seed: int = 0, *, slices: int = 8, size: int = 128, frames:
     hu[:, artery] += aif(times)[:, None]
     vein_aif = AIFParams(aif.t0_s + 5.0, aif.tp_s * 1.6, aif.alpha, aif.peak_hu * 0.7, aif.recirculation)
     hu[:, vein] += vein_aif(times)[:, None]
+    noise_free = hu.astype(np.float32)
     if noise > 0:
         hu += rng.normal(0.0, noise, hu.shape)
 
@@ -253,4 +256,4 @@ def make_ctp_phantom(seed: int = 0, *, slices: int = 8, size: int = 128, frames:
     info = {"seed": int(seed), "frames": n_frames, "interval_s": float(interval_s), "noise_hu": noise,
             "lesion_side": "left" if side < 0 else "right",
             "aif": {"t0_s": aif.t0_s, "tp_s": aif.tp_s, "alpha": aif.alpha, "peak_hu": aif.peak_hu}}
-    return CTPPhantom(seq, cbf, cbv, mtt, tmax, labels, lesion, aif, info)
+    return CTPPhantom(seq, cbf, cbv, mtt, tmax, labels, lesion, aif, info, noise_free)

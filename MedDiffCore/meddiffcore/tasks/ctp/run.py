@@ -64,6 +64,7 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     from meddiffcore.devices import resolve_device
     from meddiffcore.diffusion import get_sampler
 
+    from .config import ESTIMATES
     from .inpaint import DEFAULT_BATCH, assemble, inpaint_frames
     from .model import load_for_inference
     from .plan import make_plan
@@ -78,17 +79,21 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     steps = _number(job, "steps", model.diffusion.sampling_steps, int, 1)
     sampler = str(_param(job, "sampler", model.diffusion.sampler))
     get_sampler(sampler)  # an unknown name fails here, before any work
+    estimate = str(_param(job, "estimate", model.diffusion.estimate))
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"unknown estimate {estimate!r}", f"use one of {', '.join(ESTIMATES)}")
     plan = make_plan(seq.times_s, interval_s=interval, bad_frames=job.params.get("bad_frames"), max_gap_s=model.max_gap_s)
     diffs = np.diff(plan.times_s)
     even = diffs.size == 0 or bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=1e-6))
     check_output_path(out_path, job.inputs.get("sequence"), even_times=even)
+    how = "the posterior mean" if estimate == "mean" else f"{sampler}, {steps} steps"
     reporter.log(f"{len(seq)} input frames ({len(plan.known)} good, {len(plan.bad)} bad) -> {len(plan.times_s)} frames "
-                 f"at {interval:g} s; synthesizing {plan.n_missing} with {sampler}, {steps} steps on {device}")
+                 f"at {interval:g} s; synthesizing {plan.n_missing} with {how} on {device}")
     frames = np.empty((0,) + seq.frame_shape, np.float32)
     if plan.n_missing:
         generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
         frames, stats = inpaint_frames(seq.array, seq.times_s, plan, model, steps=steps, sampler=sampler, device=device,
-                                       generator=generator, batch_size=batch,
+                                       estimate=estimate, generator=generator, batch_size=batch,
                                        progress=lambda step, total: reporter.progress("sampling", step, total))
         reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches: "
                      f"{stats['network_evaluations']} network evaluations; bolus peak at {stats['peak_s']:g} s")

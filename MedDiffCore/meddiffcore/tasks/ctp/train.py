@@ -12,7 +12,7 @@ from meddiffcore.nets import UNet
 from .config import (LOCAL_CONTEXT_SCALE_S, MAX_GAP_S, NAME, PHASES, SLAB_SLICES, WINDOW_LEVEL_HU, WINDOW_WIDTH_HU,
                      CTPConfig)
 from .data import CTPTupleDataset
-from .model import check_network, eps_l1_loss
+from .model import check_network, residual_loss
 
 
 class CTPTask:
@@ -29,30 +29,30 @@ class CTPTask:
         return CTPTupleDataset(config.data, config.diffusion.peak_margin_s, seed=config.train.seed)
 
     def training_loss(self, net, batch, config: CTPConfig, generator):
-        return eps_l1_loss(net, batch, config.diffusion, generator)
+        return residual_loss(net, batch, config.diffusion, generator)
 
     def preview(self, net, config: CTPConfig, device) -> np.ndarray:
-        """Middle slice of [left, truth, sample, right] for four fixed training tuples."""
-        from meddiffcore.diffusion import get_sampler, initial_noise
+        """Middle slice of [left, truth, mean, sample, right] for four fixed training tuples."""
         from meddiffcore.preview import Window, montage
 
-        from .inpaint import sampling_sigmas
-        from .model import denoiser_for
+        from .inpaint import estimate_frames
 
         data = CTPTupleDataset(config.data.__class__(**{**to_dict(config.data), "phantoms": 1}),
                                config.diffusion.peak_margin_s, seed=12345)
         items = [data[k] for k in range(4)]
         batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
-        gen = torch.Generator(device=device).manual_seed(0)
-        sigmas = sampling_sigmas(config.diffusion, config.diffusion.sampling_steps).to(device)
-        x = initial_noise(batch["target"].shape, sigmas, gen, device=device)
-        sample = get_sampler(config.diffusion.sampler)(denoiser_for(net, config.diffusion), x, sigmas, generator=gen,
-                                                       cond={"concat": batch["known"], "embedding": batch["context"]})
+        d = config.diffusion
+        with torch.no_grad():
+            frames = [estimate_frames(net, d, batch["known"], batch["context"], batch["weight"], estimate=estimate,
+                                      sampler=d.sampler, steps=d.sampling_steps,
+                                      generator=torch.Generator(device=device).manual_seed(0))
+                      for estimate in ("mean", "sample")]
         z = batch["target"].shape[2] // 2
         window = Window(level=0.0, width=2.0)
         rows = []
         for b in range(4):
-            tiles = [batch["known"][b, 0, z], batch["target"][b, 0, z], sample[b, 0, z], batch["known"][b, 1, z]]
+            tiles = [batch["known"][b, 0, z], batch["target"][b, 0, z], frames[0][b, 0, z], frames[1][b, 0, z],
+                     batch["known"][b, 1, z]]
             rows.append(np.concatenate([window.to_uint8(np.kron(t.float().cpu().numpy(), np.ones((2, 2)))) for t in tiles], axis=1))
         return montage(rows)
 
@@ -73,6 +73,8 @@ class CTPTask:
                 "global_context": f"one-hot {list(PHASES)} relative to the bolus peak (argmax of the mean tissue "
                                   f"intensity of the known frames), peak = within {config.diffusion.peak_margin_s:g} s",
                 "tissue_mask": "voxels whose first known frame lies inside the window; elsewhere linear interpolation",
+                "diffusion_variable": f"{config.diffusion.residual_scale:g} x (frame - linear interpolation of the known "
+                                      "frames), in window units",
                 "training_data": to_dict(config.data),
             },
         )
