@@ -94,7 +94,7 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
     return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-1, 1)
 
 
-def evaluations_per_item(estimate: str, sampler: str, steps: int) -> int:
+def evaluations_per_batch(estimate: str, sampler: str, steps: int) -> int:
     """Network evaluations one batch costs."""
     return 1 if estimate == "mean" else network_evaluations(sampler, steps)
 
@@ -170,7 +170,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         a, c = hu[g.left], hu[g.right]
         use = mask & (a >= lo) & (a <= hi) & (c >= lo) & (c <= hi)
         frames[ti] = np.where(use, model_hu[ti], frames[ti])
-    stats = {"network_evaluations": evaluations_per_item(estimate, sampler, steps) * n_batches, "batches": n_batches,
+    stats = {"network_evaluations": evaluations_per_batch(estimate, sampler, steps) * n_batches, "batches": n_batches,
              "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
              "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets)}
     return frames, stats
