@@ -174,6 +174,7 @@ def test_evaluate_reports_model_linear_and_the_noise_free_oracle(home):
     # the acquired frames' own noise bounds every method
     assert s["linear"]["psnr"] < s["oracle"]["psnr"] < s["linear"]["psnr"] + 6
     assert s["linear"]["psnr"] < s["linear"]["psnr_noise_free"]
+    assert 0 < s["linear"]["ssim_noise_free"] < 1 and "ssim_noise_free" not in s["oracle"]
     assert s["oracle"]["map_relative_error"] < s["linear"]["map_relative_error"]
     assert "oracle" in format_report(result) and "inf" not in json.dumps(result)
 
@@ -294,3 +295,31 @@ def test_training_a_few_steps_exports_a_loadable_model(tmp_path, monkeypatch):
     model = load_for_inference(str(files.card_path), torch.device("cpu"))
     assert model.card.task == "ctp" and model.window_level_hu == 40.0 and model.window_width_hu == 80.0
     assert model.max_gap_s == 8.0 and model.card.training["steps"] == 2
+
+
+def test_training_targets_are_noise_free_or_acquired_and_the_known_frames_always_acquired():
+    from meddiffcore.errors import ConfigError
+    from meddiffcore.tasks.ctp.config import CTPDataConfig, hu_to_model
+    from meddiffcore.tasks.ctp.data import CTPTupleDataset
+
+    def item(target_frames):
+        data = CTPDataConfig(phantoms=1, phantom_seed=3, size=32, crop=32, hflip=False, target_frames=target_frames)
+        return CTPTupleDataset(data, peak_margin_s=2.0, seed=0)[5]
+
+    clean, noisy = item("noise_free"), item("acquired")
+    ph = make_ctp_phantom(3, slices=8, size=32)
+    acquired, noise_free = hu_to_model(ph.sequence.array), hu_to_model(ph.noise_free)
+    # the same draw (start, gap, target) either way: identical known frames, targets that differ by the noise
+    torch.testing.assert_close(clean["known"], noisy["known"])
+    assert not torch.equal(clean["target"], noisy["target"])
+
+    def frame_of(x, frames):
+        errors = [float(np.abs(frames[t] - x.numpy()).max()) for t in range(len(frames))]
+        return int(np.argmin(errors)), min(errors)
+
+    t, err = frame_of(clean["target"][0], noise_free)
+    assert err < 1e-2  # float16 storage
+    assert frame_of(noisy["target"][0], acquired) == (t, pytest.approx(0.0, abs=1e-2))
+    assert frame_of(clean["known"][0], acquired)[1] < 1e-2 and frame_of(clean["known"][0], noise_free)[1] > 1e-2
+    with pytest.raises(ConfigError, match="target_frames"):
+        CTPDataConfig(target_frames="clean")

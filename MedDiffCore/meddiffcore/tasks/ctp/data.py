@@ -1,8 +1,8 @@
 """Training tuples from 1 s phantom sequences, as the seed draws them.
 
 Item: a phantom, a start frame ``i``, a gap ``tr`` in ``min_gap..max_gap`` frames
-and a target ``i + p`` (``0 < p < tr``); the left and right known frames ``i`` and
-``i + tr`` are the condition, the distances and the phase relative to the bolus
+and a target ``i + p`` (``0 < p < tr``, noise-free or acquired as configured); the
+left and right acquired frames ``i`` and ``i + tr`` are the condition, the distances and the phase relative to the bolus
 peak the context. A random in-plane crop and left-right flip. Everything through
 the fixed HU window to [-1, 1].
 """
@@ -18,12 +18,13 @@ from .plan import context_vector, estimate_peak, phase_of
 
 
 class PhantomSequence:
-    """One windowed phantom sequence (T, Z, H, W) in [-1, 1] and its bolus peak time."""
+    """One windowed phantom sequence (T, Z, H, W) in [-1, 1], its noise-free frames and its bolus peak time."""
 
     def __init__(self, seed: int, slices: int, size: int) -> None:
         phantom = make_ctp_phantom(seed, slices=slices, size=size)
         hu = phantom.sequence.array
         self.frames = hu_to_model(hu).astype(np.float16)
+        self.noise_free = hu_to_model(phantom.noise_free).astype(np.float16)
         self.times_s = phantom.sequence.times_s
         mask = tissue_mask(hu[0])
         self.peak_s = estimate_peak(self.times_s, self.frames[:, mask].astype(np.float32).mean(axis=1))
@@ -51,7 +52,9 @@ class CTPTupleDataset(torch.utils.data.Dataset):
         c = min(d.crop, d.size)
         y0, x0 = (int(rng.integers(0, d.size - c + 1)) for _ in range(2))
         sl = (slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
-        left, target, right = (seq.frames[k][sl].astype(np.float32) for k in (i, i + p, i + tr))
+        targets = seq.noise_free if d.target_frames == "noise_free" else seq.frames
+        left, target, right = (a[k][sl].astype(np.float32) for a, k in ((seq.frames, i), (targets, i + p),
+                                                                          (seq.frames, i + tr)))
         if d.hflip and rng.random() < 0.5:
             left, target, right = (np.ascontiguousarray(a[..., ::-1]) for a in (left, target, right))
         t_left, t_target, t_right = seq.times_s[i], seq.times_s[i + p], seq.times_s[i + tr]
