@@ -25,7 +25,7 @@ from MedDiffSlicerLib import ctca
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import Failure, LaunchError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
-from MedDiffSlicerLib.panel import JobRunner
+from MedDiffSlicerLib.panel import JobRunner, ParameterNodePanel
 from MedDiffSlicerLib.preflight import ReportCache, preflight
 
 #: How often (ms) the widget reads the engine's events while a job runs.
@@ -66,7 +66,7 @@ class CTCASynthesizerParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
 
 
-class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds widgets to the parameter node, turns Apply into Cancel, shows progress, log and failures."""
 
     def __init__(self, parent=None) -> None:
@@ -110,46 +110,13 @@ class CTCASynthesizerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The job under way, or None."""
         return self.runner.job if self.runner is not None else None
 
-    def cleanup(self) -> None:
-        self.runner.cancel()
-        self.timer.stop()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    def chooseDefaults(self) -> None:
         if not self._parameterNode.model and self.logic.card(""):
             self._parameterNode.model = self.logic.card("")["name"]
         if not self._parameterNode.inputNode:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
             if first:
                 self._parameterNode.inputNode = first
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
 
     # -- models ------------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:

@@ -11,7 +11,6 @@ from typing import Annotated, Optional, Union
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLSequenceBrowserNode, vtkMRMLSequenceNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -23,7 +22,7 @@ from slicer.util import VTKObservationMixin
 from MedDiffSlicerLib import ctp
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import LaunchError
-from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, current_text, fill_model_combo, show_card
+from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, ParameterNodePanel, current_text, fill_model_combo, show_card
 from MedDiffSlicerLib.preflight import ReportCache
 
 #: How often (ms) the widget reads the engine's events while a job runs.
@@ -64,7 +63,7 @@ class CTPTemporalInpaintParameterNode:
     outputSequence: vtkMRMLSequenceNode
 
 
-class CTPTemporalInpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class CTPTemporalInpaintWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: input sequence and its times, bad frames, interval, models; the run section is MedDiffSlicerLib's."""
 
     def __init__(self, parent=None) -> None:
@@ -100,46 +99,13 @@ class CTPTemporalInpaintWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic.engineReports.prefetch()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.runner.cancel()
-        self.timer.stop()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    def chooseDefaults(self) -> None:
         if not self._parameterNode.model and self.logic.catalog.cards:
             self._parameterNode.model = self.logic.catalog.cards[0]["name"]
         if not self._parameterNode.inputNode:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSequenceNode")
             if first:
                 self._parameterNode.inputNode = first
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
 
     # -- models ------------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:

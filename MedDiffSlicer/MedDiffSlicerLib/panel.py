@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import slicer
+import vtk
 
 from .dependencies import ensure_dependencies, missing_requirements
 from .errors import LaunchError
@@ -173,3 +174,58 @@ class JobRunner:
             self.ui.progressBar.setFormat("failed")
             self.ui.statusLabel.setText(job.failure.title)
             slicer.util.errorDisplay(job.failure.text(), windowTitle=job.failure.title, detailedText="\n".join(job.log[-40:]))
+
+
+class ParameterNodePanel:
+    """The scripted-module widget's lifecycle around its parameter node, the same in every MedDiff panel.
+
+    Mixed in before ``ScriptedLoadableModuleWidget`` (and with ``VTKObservationMixin``): entering
+    the module connects the parameter node to ``self.ui``; leaving it, closing the scene or
+    cleaning up disconnects it and cancels a running job. The widget provides ``self.logic``
+    (with ``getParameterNode``), ``self.runner`` (a :class:`JobRunner`), ``self.timer`` and
+    ``_updateButtons``; :meth:`chooseDefaults` fills a fresh parameter node (first model, first input).
+    """
+
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+
+    def chooseDefaults(self) -> None:
+        """Fill empty parameters of a fresh node; none by default."""
+
+    def cleanup(self) -> None:
+        self.runner.cancel()
+        self.timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self._unbind()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.runner.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        self.chooseDefaults()
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        self._unbind()
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _unbind(self) -> None:
+        """Disconnect the node from the panel, once (leaving the module and then closing the scene both ask)."""
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)

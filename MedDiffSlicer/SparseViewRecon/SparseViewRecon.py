@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -23,7 +22,7 @@ from slicer.util import VTKObservationMixin
 from MedDiffSlicerLib import recon
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.errors import LaunchError
-from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, current_text, fill_model_combo, show_card
+from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, ParameterNodePanel, current_text, fill_model_combo, show_card
 from MedDiffSlicerLib.preflight import ReportCache
 
 #: How often (ms) the widget reads the engine's events while a job runs.
@@ -73,7 +72,7 @@ class SparseViewReconParameterNode:
     baselineVolume: vtkMRMLScalarVolumeNode
 
 
-class SparseViewReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SparseViewReconWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: problem, input and its settings, sampler, models; the run section is MedDiffSlicerLib's."""
 
     def __init__(self, parent=None) -> None:
@@ -107,45 +106,11 @@ class SparseViewReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.engineReports.prefetch()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.runner.cancel()
-        self.timer.stop()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    def chooseDefaults(self) -> None:
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = first
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        self._listedProblem = None
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
 
     # -- models ------------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:

@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -22,7 +21,7 @@ from slicer.util import VTKObservationMixin
 
 from MedDiffSlicerLib import generate
 from MedDiffSlicerLib.engine import EngineCommandError
-from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, current_text, fill_model_combo, show_card
+from MedDiffSlicerLib.panel import JobRunner, ModelCatalog, ParameterNodePanel, current_text, fill_model_combo, show_card
 from MedDiffSlicerLib.preflight import ReportCache
 
 #: How often (ms) the widget reads the engine's events while a job runs.
@@ -67,7 +66,7 @@ class VolumeGeneratorParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
 
 
-class VolumeGeneratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class VolumeGeneratorWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: kind, input and settings, models; the run section is MedDiffSlicerLib's."""
 
     def __init__(self, parent=None) -> None:
@@ -101,42 +100,8 @@ class VolumeGeneratorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.engineReports.prefetch()
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.runner.cancel()
-        self.timer.stop()
-        self.removeObservers()
+    # chooseDefaults: none; no input is picked by default, since unconditional generation (the default) takes none
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.runner.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        # no input is picked by default: unconditional generation (the default) takes none
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        self._listedKind = None
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
 
     # -- models ------------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:

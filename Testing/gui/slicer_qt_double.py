@@ -161,18 +161,22 @@ def parameterNodeWrapper(cls):
         def connectGui(self, ui) -> object:
             widgets = [w for w in vars(ui).values() if isinstance(w, QtCore.QObject) and w.property("SlicerParameterName")]
             bindings = [(w, str(w.property("SlicerParameterName"))) for w in widgets]
+            connections = []
             for widget, name in bindings:
                 if name not in hints:
                     raise AttributeError(f"widget '{widget.objectName()}' is bound to unknown parameter '{name}'")
                 _configure(widget, hints[name])
-                _connect(widget, lambda value, n=name: setattr(self, n, value))
+                connections.append(_connect(widget, lambda value, n=name: setattr(self, n, value)))
             push = lambda *args: [_push(w, getattr(self, n)) for w, n in bindings]  # noqa: E731
             push()
-            return (self.parameterNode.AddObserver("ModifiedEvent", push), bindings)
+            return (self.parameterNode.AddObserver("ModifiedEvent", push), connections)
 
         def disconnectGui(self, tag) -> None:
             if tag:
-                self.parameterNode.RemoveObserver(tag[0])
+                observer, connections = tag
+                self.parameterNode.RemoveObserver(observer)
+                for signal, slot in connections:
+                    signal.disconnect(slot)
 
     def make_property(name, hint):
         base = _base_types(hint)[0]
@@ -224,21 +228,25 @@ def _configure(widget, hint) -> None:
         widget.addItems([str(c) for c in choice.choices])
 
 
-def _connect(widget, setter) -> None:
+def _connect(widget, setter) -> tuple:
+    """Connect the widget's change signal to ``setter``; returns (signal, slot) for disconnecting, as Slicer's
+    ``disconnectGui`` undoes both directions of the binding."""
     if isinstance(widget, qMRMLNodeComboBox):
-        widget.currentNodeChanged.connect(setter)
+        signal, slot = widget.currentNodeChanged, setter
     elif isinstance(widget, (QtWidgets.QSpinBox, QtWidgets.QDoubleSpinBox)):
-        widget.valueChanged.connect(setter)
+        signal, slot = widget.valueChanged, setter
     elif isinstance(widget, ctkPathLineEdit):
-        widget.currentPathChanged.connect(lambda text: setter(pathlib.Path(text)))
+        signal, slot = widget.currentPathChanged, (lambda text: setter(pathlib.Path(text)))
     elif isinstance(widget, QtWidgets.QCheckBox):
-        widget.toggled.connect(setter)
+        signal, slot = widget.toggled, setter
     elif isinstance(widget, QtWidgets.QLineEdit):
-        widget.textChanged.connect(setter)
+        signal, slot = widget.textChanged, setter
     elif isinstance(widget, QtWidgets.QComboBox):
-        widget.currentTextChanged.connect(setter)
+        signal, slot = widget.currentTextChanged, setter
     else:
         raise TypeError(f"the double cannot bind a {type(widget).__name__}")
+    signal.connect(slot)
+    return signal, slot
 
 
 def _push(widget, value) -> None:
