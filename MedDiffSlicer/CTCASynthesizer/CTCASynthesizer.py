@@ -73,8 +73,6 @@ class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self.runner = None
         self._segmentNames = []
         self._mappedNode = None

@@ -70,8 +70,6 @@ class CTPTemporalInpaintWidget(ParameterNodePanel, ScriptedLoadableModuleWidget,
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._listedNode = None
 
     def setup(self) -> None:

@@ -184,6 +184,7 @@ class ParameterNodePanel:
     cleaning up disconnects it and cancels a running job. The widget provides ``self.logic``
     (with ``getParameterNode``), ``self.runner`` (a :class:`JobRunner`), ``self.timer`` and
     ``_updateButtons``; :meth:`chooseDefaults` fills a fresh parameter node (first model, first input).
+    The mixin owns the node and its GUI binding (``_parameterNode``, ``_parameterNodeGuiTag``).
     """
 
     _parameterNode = None

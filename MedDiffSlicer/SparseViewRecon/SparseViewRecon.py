@@ -79,8 +79,6 @@ class SparseViewReconWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._listedProblem = None
 
     def setup(self) -> None:

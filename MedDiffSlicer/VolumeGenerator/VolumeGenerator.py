@@ -73,8 +73,6 @@ class VolumeGeneratorWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._listedKind = None
 
     def setup(self) -> None:

@@ -1,10 +1,11 @@
 """Training tuples from 1 s phantom sequences, as the seed draws them.
 
 Item: a phantom, a start frame ``i``, a gap ``tr`` in ``min_gap..max_gap`` frames
-and a target ``i + p`` (``0 < p < tr``, noise-free or acquired as configured); the
-left and right acquired frames ``i`` and ``i + tr`` are the condition, the distances and the phase relative to the bolus
-peak the context. A random in-plane crop and left-right flip. Everything through
-the fixed HU window to [-1, 1].
+and a target ``i + p`` (``0 < p < tr``, noise-free or acquired as configured);
+the left and right acquired frames ``i`` and ``i + tr`` are the condition, the
+distances and the phase relative to the bolus peak the context. A random
+in-plane crop and left-right flip. Everything through the fixed HU window to
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class CTPTupleDataset(torch.utils.data.Dataset):
         y0, x0 = (int(rng.integers(0, d.size - c + 1)) for _ in range(2))
         sl = (slice(None), slice(y0, y0 + c), slice(x0, x0 + c))
         targets = seq.noise_free if d.target_frames == "noise_free" else seq.frames
-        left, target, right = (a[k][sl].astype(np.float32) for a, k in ((seq.frames, i), (targets, i + p),
-                                                                          (seq.frames, i + tr)))
+        left, right = (seq.frames[k][sl].astype(np.float32) for k in (i, i + tr))
+        target = targets[i + p][sl].astype(np.float32)
         if d.hflip and rng.random() < 0.5:
             left, target, right = (np.ascontiguousarray(a[..., ::-1]) for a in (left, target, right))
         t_left, t_target, t_right = seq.times_s[i], seq.times_s[i + p], seq.times_s[i + tr]
