@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .config import from_dict, to_dict
 from .devices import translate_out_of_memory
-from .errors import ConfigError, ErrorCode, MedDiffError
+from .errors import CancelledError, ConfigError, ErrorCode, MedDiffError
 from .progress import Reporter
 
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
@@ -110,9 +110,7 @@ def run_job(job: Job, reporter: Reporter) -> int:
         reporter.error(error)
         return error.exit_status
     except KeyboardInterrupt:
-        from .errors import CancelledError
-
-        error = CancelledError("the job was cancelled", "nothing was written; run it again when ready")
+        error = cancelled_error()
         reporter.error(error)
         return error.exit_status
     except Exception as exc:  # a bug: say so plainly, with the traceback in the log
@@ -124,3 +122,32 @@ def run_job(job: Job, reporter: Reporter) -> int:
         )
         reporter.error(error)
         return error.exit_status
+
+
+def cancelled_error() -> CancelledError:
+    return CancelledError("the job was cancelled", "nothing was written; run it again when ready")
+
+
+def run_cancellable(job: Job, reporter: Reporter, watch_signals: bool = True) -> int:
+    """Run ``job`` in this process so that cancelling it (SIGINT, SIGTERM, or any watcher that sets the
+    reporter's cancel token) ends it the same way everywhere: one CANCELLED error event, status 130, no
+    output; a job that has not stopped ``CANCEL_GRACE_S`` after the request has its temporary files
+    removed and the process exits at once (see :mod:`meddiffcore.cancel`)."""
+    from .cancel import GracePeriod, cancel_on_signals, remove_temporaries
+
+    token = reporter.cancel_token
+    if watch_signals:
+        cancel_on_signals(token)
+
+    def give_up() -> None:
+        remove_temporaries(job.output_paths())
+        reporter.error(cancelled_error())
+
+    grace = GracePeriod(token, give_up, ErrorCode.CANCELLED.exit_status)
+    try:
+        if token.cancelled:
+            give_up()
+            return ErrorCode.CANCELLED.exit_status
+        return run_job(job, reporter)
+    finally:
+        grace.finished()

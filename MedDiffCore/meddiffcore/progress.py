@@ -31,6 +31,10 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until cancelled (or ``timeout_s`` passed); returns whether it was cancelled."""
+        return self._event.wait(timeout_s)
+
     def check(self) -> None:
         if self._event.is_set():
             raise CancelledError("the job was cancelled", "nothing was written; run it again when ready")
@@ -61,6 +65,14 @@ class Reporter:
     def __init__(self, cancel: CancelToken | None = None) -> None:
         self.cancel_token = cancel or CancelToken()
         self._clock = _EtaClock()
+        self._end_lock = threading.Lock()
+        self._ended = False
+
+    def _end(self) -> bool:
+        """Claim the job's one final event (``done`` or ``error``); False if another was already sent."""
+        with self._end_lock:
+            ended, self._ended = self._ended, True
+        return not ended
 
     def emit(self, event: dict[str, Any]) -> None:  # pragma: no cover - overridden
         """Deliver one event; the base reporter drops it."""
@@ -79,10 +91,13 @@ class Reporter:
         self.emit({"event": "log", "level": level, "message": message})
 
     def done(self, outputs: dict[str, Any]) -> None:
-        self.emit({"event": "done", "outputs": outputs})
+        if self._end():
+            self.emit({"event": "done", "outputs": outputs})
 
     def error(self, error: MedDiffError) -> None:
-        self.emit(error.to_event())
+        """Report the job's failure; a job ends with exactly one ``done`` or ``error`` (the first one sent)."""
+        if self._end():
+            self.emit(error.to_event())
 
     def step_callback(self, phase: str):
         """A sampler callback (one dict per step) that reports progress in ``phase``."""

@@ -1,46 +1,73 @@
-"""The engine process: ``python -m meddiffcore.worker JOB.json``.
+"""The engine process: ``python -m meddiffcore.worker JOB.json [--control] [--cancel-file PATH] [--parent-pid PID]``.
 
-Runs one job and speaks JSON lines on stdout (``started``, ``progress``, ``log``,
-``done`` or ``error``). Anything else that would print to stdout goes to stderr,
-so the event stream stays parseable.
+Runs one job and speaks JSON lines on stdout: ``engine`` (this process's pid,
+sent before anything heavy is imported), then ``started``, ``progress``,
+``log``, and exactly one ``done`` or ``error``. Anything else that would print
+to stdout goes to stderr, so the event stream stays parseable.
 
-Cancellation: SIGTERM or SIGINT set the job's cancel token; the job stops at its
-next progress step and exits with status 130 (``CANCELLED``). A single network
-call can outlast that, so a watchdog gives the job ``CANCEL_GRACE_S`` seconds and
-then removes the job's temporary output files and exits hard with the same
-status: a cancelled job never leaves an output file, complete or partial.
+Cancellation (see :mod:`meddiffcore.cancel`): SIGINT/SIGTERM in a terminal;
+for a controller such as the Slicer module, which may reach this process only
+through a launcher that forwards no signals, ``--control`` (a ``cancel`` line
+on stdin, or stdin closing), ``--cancel-file`` (the file appearing) and
+``--parent-pid`` (that process ending). The job stops at its next progress step
+and exits with status 130 (``CANCELLED``); a job still running
+``CANCEL_GRACE_S`` seconds later has its temporary outputs removed and the
+process exits hard with the same status: a cancelled job never leaves an
+output file, complete or partial, and never keeps the GPU busy.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
+from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import CancelledError, ConfigError, ErrorCode, MedDiffError
-from .jobs import Job, run_job
+from .cancel import cancel_on_file_or_orphan, cancel_on_signals, cancel_on_stdin
+from .errors import ConfigError, MedDiffError
 from .progress import CancelToken, JsonLinesReporter
 
-CANCEL_GRACE_S = 1.0
+USAGE = "python -m meddiffcore.worker JOB.json [--control] [--cancel-file PATH] [--parent-pid PID]"
 
 
-def _remove_temporary_outputs(job: Job) -> None:
-    from .io.atomic import remove_stale_temporaries
+@dataclass
+class WorkerArgs:
+    job_file: str
+    control: bool = False
+    cancel_file: Path | None = None
+    parent_pid: int | None = None
 
-    for path in job.output_paths():
-        remove_stale_temporaries(path, pid=os.getpid())
+
+def parse_args(argv: list[str]) -> WorkerArgs:
+    """The worker's arguments; ConfigError (a usage message) when they are not."""
+    positional: list[str] = []
+    options: dict[str, str] = {}
+    control = False
+    items = iter(argv)
+    for item in items:
+        if item == "--control":
+            control = True
+        elif item in ("--cancel-file", "--parent-pid"):
+            value = next(items, None)
+            if value is None:
+                raise ConfigError(f"{item} needs a value", f"usage: {USAGE}")
+            options[item] = value
+        elif item.startswith("--"):
+            raise ConfigError(f"unknown option {item}", f"usage: {USAGE}")
+        else:
+            positional.append(item)
+    if len(positional) != 1:
+        raise ConfigError(f"usage: {USAGE}", "pass exactly one job file")
+    pid_text = options.get("--parent-pid")
+    if pid_text is not None and not pid_text.isdigit():
+        raise ConfigError(f"--parent-pid must be a process id, got '{pid_text}'", f"usage: {USAGE}")
+    cancel_file = options.get("--cancel-file")
+    return WorkerArgs(positional[0], control, Path(cancel_file) if cancel_file else None,
+                      int(pid_text) if pid_text else None)
 
 
-def _watch_signals(job: Job, token: CancelToken, reporter: JsonLinesReporter, finished: threading.Event) -> None:
-    """Runs in its own thread: waits for SIGTERM/SIGINT, cancels, and enforces the grace period."""
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    token.cancel()
-    if finished.wait(CANCEL_GRACE_S):
-        return
-    _remove_temporary_outputs(job)
-    reporter.error(CancelledError("the job was cancelled", "nothing was written; run it again when ready"))
-    os._exit(ErrorCode.CANCELLED.exit_status)
+def _package_folder() -> str:
+    return str(Path(__file__).resolve().parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,25 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr  # keep stray prints out of the event stream
     token = CancelToken()
     reporter = JsonLinesReporter(events, cancel=token)
-    if len(argv) != 1:
-        error = ConfigError("usage: python -m meddiffcore.worker JOB.json", "pass exactly one job file")
-        reporter.error(error)
-        return error.exit_status
+    # watch for cancellation before anything slow (torch) is imported: a cancel may come at once
+    cancel_on_signals(token)
     try:
-        job = Job.from_file(argv[0])
+        args = parse_args(argv)
     except MedDiffError as error:
         reporter.error(error)
         return error.exit_status
+    reporter.emit({"event": "engine", "pid": os.getpid(), "meddiffcore": _package_folder(),
+                   "python": sys.version.split()[0]})
+    if args.control:
+        cancel_on_stdin(token)
+    if args.cancel_file is not None or args.parent_pid is not None:
+        cancel_on_file_or_orphan(token, args.cancel_file, args.parent_pid)
 
-    # Block the signals in this (main) thread before any other thread exists, so
-    # every thread inherits the mask and only the watcher receives them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    finished = threading.Event()
-    watcher = threading.Thread(target=_watch_signals, args=(job, token, reporter, finished), daemon=True, name="cancel-watch")
-    watcher.start()
-    status = run_job(job, reporter)
-    finished.set()
-    return status
+    from .jobs import Job, run_cancellable
+
+    try:
+        job = Job.from_file(args.job_file)
+    except MedDiffError as error:
+        reporter.error(error)
+        return error.exit_status
+    return run_cancellable(job, reporter, watch_signals=False)
 
 
 def exit_now(status: int) -> None:

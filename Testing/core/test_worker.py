@@ -34,7 +34,8 @@ def test_job_runs_and_reports_started_progress_done(tmp_path, meddiff_home, tiny
     assert result.returncode == 0, result.stdout + result.stderr
     events = _events(result.stdout)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "started" and kinds[-1] == "done"
+    assert kinds[:2] == ["engine", "started"] and kinds[-1] == "done"
+    assert events[0]["pid"] > 0 and events[0]["meddiffcore"].endswith("meddiffcore")
     progress = [e for e in events if e["event"] == "progress"]
     assert [e["step"] for e in progress] == [1, 2, 3, 4] and all(e["total"] == 4 for e in progress)
     assert progress[-1]["eta_s"] is not None and progress[-1]["phase"] == "sampling"
@@ -52,23 +53,91 @@ def test_same_seed_same_result(tmp_path, meddiff_home, tiny_uncond_model):
     assert (read_volume(first / "out.nii.gz").array == read_volume(second / "out.nii.gz").array).all()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_cancel_within_two_seconds_leaves_no_output(tmp_path, meddiff_home, tiny_uncond_model, sig):
-    job = _job(tmp_path, tiny_uncond_model, params={"steps": 1000, "sampler": "ancestral"})
-    env = dict(os.environ, MEDDIFF_HOME=str(meddiff_home))
-    proc = subprocess.Popen([sys.executable, "-m", "meddiffcore.worker", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+def _start_long_job(tmp_path, model, home, *worker_args, command=("-m", "meddiffcore.worker")):
+    """A 1000-step job in a real worker process, returned once sampling is under way (with the events so far)."""
+    job = _job(tmp_path, model, params={"steps": 1000, "sampler": "ancestral"})
+    env = dict(os.environ, MEDDIFF_HOME=str(home), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *command, job, *worker_args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
     for line in proc.stdout:  # wait until sampling is under way
-        if json.loads(line)["event"] == "progress":
-            break
-    sent = time.monotonic()
-    proc.send_signal(sig)
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "progress":
+            return proc, seen
+    raise AssertionError(f"the job never started sampling: {proc.stderr.read()}")
+
+
+def _assert_cancelled_within_2_s(proc, sent: float, tmp_path) -> None:
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None  # communicate() would flush it
     rest, _ = proc.communicate(timeout=10)
     elapsed = time.monotonic() - sent
     assert elapsed < 2.0, f"cancel took {elapsed:.2f} s"
     assert proc.returncode == EXIT_STATUS[ErrorCode.CANCELLED] == 130
-    assert _events(rest)[-1]["code"] == "CANCELLED"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json", "meddiff_home"]  # no output, no temporary file
+    errors = [e for e in _events(rest) if e["event"] in ("error", "done")]
+    assert len(errors) == 1 and errors[0]["code"] == "CANCELLED"  # exactly one final event
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("out")]  # no output, no temporary file
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_cancels_within_two_seconds_and_leaves_no_output(tmp_path, meddiff_home, tiny_uncond_model, sig):
+    proc, _ = _start_long_job(tmp_path, tiny_uncond_model, meddiff_home)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _assert_cancelled_within_2_s(proc, sent, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["cancel line", "stdin closed", "cancel file", "controller gone"])
+def test_the_controller_cancels_without_any_signal(tmp_path, meddiff_home, tiny_uncond_model, how):
+    """What a launcher that forwards no signals (PythonSlicer) lets through: stdin, a file, the controller's end."""
+    cancel_file = tmp_path / "job.cancel"
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc, seen = _start_long_job(tmp_path, tiny_uncond_model, meddiff_home, "--control", "--cancel-file", str(cancel_file),
+                                 "--parent-pid", str(controller.pid))
+    assert seen[0]["event"] == "engine" and seen[0]["pid"] == proc.pid
+    sent = time.monotonic()
+    if how == "cancel line":
+        proc.stdin.write("cancel\n")
+        proc.stdin.flush()
+    elif how == "stdin closed":
+        proc.stdin.close()
+    elif how == "cancel file":
+        cancel_file.write_text("")
+    else:
+        controller.kill()
+    try:
+        _assert_cancelled_within_2_s(proc, sent, tmp_path)
+    finally:
+        controller.kill()
+        controller.wait()
+
+
+def test_the_worker_needs_no_posix_only_call(tmp_path, meddiff_home, tiny_uncond_model):
+    """Windows has no pthread_sigmask, sigwait, killpg or SIGKILL: the worker runs and cancels without them."""
+    strip = ("import os, runpy, signal, sys\n"
+             "for module, name in ((signal, 'pthread_sigmask'), (signal, 'sigwait'), (signal, 'SIGKILL'), (os, 'killpg'),"
+             " (os, 'setsid'), (os, 'getpgid')):\n"
+             "    delattr(module, name)\n"
+             "sys.argv = ['worker', *sys.argv[1:]]\n"
+             "runpy.run_module('meddiffcore.worker', run_name='__main__', alter_sys=True)\n")
+    proc, _ = _start_long_job(tmp_path, tiny_uncond_model, meddiff_home, "--control", command=("-c", strip))
+    sent = time.monotonic()
+    proc.stdin.close()
+    _assert_cancelled_within_2_s(proc, sent, tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_meddiff_run_from_a_terminal_cancels_on_a_signal(tmp_path, meddiff_home, tiny_uncond_model, sig):
+    job = _job(tmp_path, tiny_uncond_model, params={"steps": 1000, "sampler": "ancestral"})
+    env = dict(os.environ, MEDDIFF_HOME=str(meddiff_home), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "meddiffcore.cli", "run", job, "--progress", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _assert_cancelled_within_2_s(proc, sent, tmp_path)
 
 
 def test_missing_model_is_a_model_error(tmp_path, meddiff_home):

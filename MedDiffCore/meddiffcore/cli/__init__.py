@@ -14,9 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 from .. import __version__
+from ..errors import ErrorCode
+
+#: Exit status of an interrupted command (Ctrl-C or SIGTERM).
+CANCELLED_STATUS = ErrorCode.CANCELLED.exit_status
 
 #: Shared command groups: name -> help text.
 GROUPS = {
@@ -54,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
-    return int(args.handler(args) or 0)
+    # SIGTERM stops any command like Ctrl-C does (job commands cancel through their own token, see jobs.run_cancellable)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("meddiff: interrupted; nothing more was written", file=sys.stderr)
+        return CANCELLED_STATUS
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..jobs import Job, run_job
+from ..jobs import Job, run_cancellable
 from ..progress import JsonLinesReporter, Reporter, TerminalReporter
 
 
@@ -33,12 +33,15 @@ def reporter_for(progress: str) -> Reporter:
 
 
 def execute(job: Job, args: argparse.Namespace) -> int:
-    """Run ``job`` in this process with the reporter chosen by --progress (or save it with --save-job)."""
+    """Run ``job`` in this process with the reporter chosen by --progress (or save it with --save-job).
+
+    SIGINT and SIGTERM cancel it: one CANCELLED error (an event with ``--progress json``), status 130, no output.
+    """
     if getattr(args, "save_job", None):
         Path(args.save_job).write_text(job.to_json(), encoding="utf-8")
         print(f"wrote job {args.save_job}", file=sys.stderr)
         return 0
-    return run_job(job, reporter_for(args.progress))
+    return run_cancellable(job, reporter_for(args.progress))
 
 
 def parse_params(items: list[str]) -> dict:

@@ -109,7 +109,7 @@ def _models_verify(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..jobs import Job, run_job
+    from ..jobs import Job, run_cancellable
     from .common import reporter_for
 
     reporter = reporter_for(args.progress)
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     except MedDiffError as error:
         reporter.error(error)
         return error.exit_status
-    return run_job(job, reporter)
+    return run_cancellable(job, reporter)
 
 
 def _train(args: argparse.Namespace) -> int:
