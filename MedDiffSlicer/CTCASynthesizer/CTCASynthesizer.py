@@ -8,6 +8,7 @@ imports torch and stays responsive while the engine works.
 """
 
 import pathlib
+import sys
 from typing import Annotated, Optional, Union
 
 import qt
@@ -20,6 +21,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# Slicer puts only this file's folder on sys.path; MedDiffSlicerLib is beside it (installed) or one folder up (source).
+_HERE = pathlib.Path(__file__).resolve().parent
+_LIBRARY_FOLDER = next((p for p in (_HERE, _HERE.parent) if (p / "MedDiffSlicerLib").is_dir()), _HERE)
+if str(_LIBRARY_FOLDER) not in sys.path:
+    sys.path.append(str(_LIBRARY_FOLDER))
 
 from MedDiffSlicerLib import ctca
 from MedDiffSlicerLib.engine import EngineCommandError
@@ -53,7 +60,7 @@ class CTCASynthesizer(ScriptedLoadableModule):
 class CTCASynthesizerParameterNode:
     """The module's settings, saved with the scene. Zero/negative numbers mean the model card's default."""
 
-    inputNode: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    inputNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]  # None is required by Slicer's wrapper
     model: str = ""  # not bound to its combo box: the choices are the installed models, known only at run time
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     guidance: Annotated[float, WithinRange(-1.0, 10.0)] = -1.0

@@ -7,6 +7,7 @@ process, so Slicer never imports torch and stays responsive.
 """
 
 import pathlib
+import sys
 from typing import Annotated, Optional, Union
 
 import qt
@@ -18,6 +19,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# Slicer puts only this file's folder on sys.path; MedDiffSlicerLib is beside it (installed) or one folder up (source).
+_HERE = pathlib.Path(__file__).resolve().parent
+_LIBRARY_FOLDER = next((p for p in (_HERE, _HERE.parent) if (p / "MedDiffSlicerLib").is_dir()), _HERE)
+if str(_LIBRARY_FOLDER) not in sys.path:
+    sys.path.append(str(_LIBRARY_FOLDER))
 
 from MedDiffSlicerLib import ctp
 from MedDiffSlicerLib.engine import EngineCommandError
@@ -51,7 +58,7 @@ class CTPTemporalInpaint(ScriptedLoadableModule):
 class CTPTemporalInpaintParameterNode:
     """The module's settings, saved with the scene. Zero/negative numbers mean the model card's default."""
 
-    inputNode: Union[vtkMRMLSequenceNode, vtkMRMLSequenceBrowserNode]
+    inputNode: Optional[Union[vtkMRMLSequenceNode, vtkMRMLSequenceBrowserNode]]  # None is required by Slicer's wrapper
     model: str = ""  # not bound: the choices are the installed models, known only at run time
     steps: Annotated[int, WithinRange(0, 2000)] = 0
     seed: Annotated[int, WithinRange(-1, 2**31 - 1)] = -1

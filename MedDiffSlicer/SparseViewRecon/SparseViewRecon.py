@@ -7,6 +7,7 @@ process, so Slicer never imports torch and stays responsive.
 """
 
 import pathlib
+import sys
 from typing import Annotated, Optional
 
 import qt
@@ -18,6 +19,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# Slicer puts only this file's folder on sys.path; MedDiffSlicerLib is beside it (installed) or one folder up (source).
+_HERE = pathlib.Path(__file__).resolve().parent
+_LIBRARY_FOLDER = next((p for p in (_HERE, _HERE.parent) if (p / "MedDiffSlicerLib").is_dir()), _HERE)
+if str(_LIBRARY_FOLDER) not in sys.path:
+    sys.path.append(str(_LIBRARY_FOLDER))
 
 from MedDiffSlicerLib import recon
 from MedDiffSlicerLib.engine import EngineCommandError

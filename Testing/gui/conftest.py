@@ -9,7 +9,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer"))
 
-from slicer_helpers import add_module_paths, engine_env, meddiff_home, new_scene  # noqa: E402,F401 - a fixture
+from slicer_helpers import (add_module_paths, engine_env, meddiff_home, new_scene,  # noqa: E402,F401 - fixtures
+                            python_slicer_launcher)
 
 add_module_paths()
 
@@ -24,5 +25,4 @@ def double(monkeypatch, meddiff_home):  # noqa: F811
             monkeypatch.setenv(key, value)
     recorder = install(monkeypatch)
     recorder.scene = new_scene()
-    monkeypatch.delitem(sys.modules, "CTCASynthesizer", raising=False)
     return recorder

@@ -38,10 +38,16 @@ def used_ui_names(name: str) -> set[str]:
     return set(re.findall(r"self\.ui\.(\w+)", (module_dir(name) / f"{name}.py").read_text()))
 
 
+def load_module(name: str, monkeypatch):
+    """The module file, loaded afresh as Slicer loads it (only its own folder on sys.path)."""
+    from slicer_qt_double import load_module_file
+
+    return load_module_file(module_dir(name) / f"{name}.py", monkeypatch)
+
+
 def make_widget(name: str, monkeypatch, width: int = 420, height: int = 900):
-    """The module's widget, set up through the double (the module is imported afresh)."""
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module(name)
+    """The module's widget, set up through the double (the module is loaded afresh)."""
+    module = load_module(name, monkeypatch)
     widget = getattr(module, f"{name}Widget")()
     widget.setup()
     widget.parent.resize(width, height)

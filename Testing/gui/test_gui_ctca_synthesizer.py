@@ -4,13 +4,13 @@ Writes the panel picture used by the README (Resources/Screenshots/CTCASynthesiz
 """
 
 import ast
-import importlib
 import os
 import re
 import shutil
 import time
 import xml.etree.ElementTree as ET
 
+from panel_checks import make_widget
 from slicer_helpers import ROOT, TINY_MODEL, add_labelmap_node, phantom_labels, scene_snapshot
 
 MODULE_DIR = ROOT / "MedDiffSlicer" / "CTCASynthesizer"
@@ -45,12 +45,8 @@ def test_every_bound_widget_names_a_parameter_of_the_parameter_node():
     assert bound <= _parameter_fields(), f"unknown parameters: {sorted(bound - _parameter_fields())}"
 
 
-def _widget(double):
-    module = importlib.import_module("CTCASynthesizer")
-    widget = module.CTCASynthesizerWidget()
-    widget.setup()
-    widget.parent.resize(420, 900)
-    return widget
+def _widget(monkeypatch):
+    return make_widget("CTCASynthesizer", monkeypatch)
 
 
 def _run_until_idle(double, widget, timeout_s=120.0):
@@ -62,10 +58,10 @@ def _run_until_idle(double, widget, timeout_s=120.0):
     double.app.processEvents()
 
 
-def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture(double, tmp_path):
+def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture(double, monkeypatch, tmp_path):
     labels, ijk_to_ras = phantom_labels()
     node = add_labelmap_node(double.scene, labels, ijk_to_ras)
-    widget = _widget(double)
+    widget = _widget(monkeypatch)
     params = widget._parameterNode
     assert params.inputNode is node  # the first label map is picked up
     assert params.model == TINY_MODEL and TINY_MODEL in widget.ui.modelCardText.toPlainText()
@@ -104,10 +100,10 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
         shutil.copyfile(picture, SCREENSHOT)
 
 
-def test_cancel_from_the_panel_leaves_the_scene_unchanged(double):
+def test_cancel_from_the_panel_leaves_the_scene_unchanged(double, monkeypatch):
     labels, ijk_to_ras = phantom_labels()
     add_labelmap_node(double.scene, labels, ijk_to_ras)
-    widget = _widget(double)
+    widget = _widget(monkeypatch)
     params = widget._parameterNode
     params.steps, params.device = 400, "cpu"
     before = scene_snapshot(double.scene)
@@ -123,18 +119,18 @@ def test_cancel_from_the_panel_leaves_the_scene_unchanged(double):
     assert scene_snapshot(double.scene) == before
 
 
-def test_batch_without_folders_is_refused_with_a_message(double):
-    widget = _widget(double)
-    assert widget.ui.batchInputPathLineEdit.text() == "."  # what Slicer shows for an unset pathlib.Path
+def test_batch_without_folders_is_refused_with_a_message(double, monkeypatch):
+    widget = _widget(monkeypatch)
+    assert widget.ui.batchInputPathLineEdit.currentPath() == "."  # what Slicer shows for an unset pathlib.Path
     widget.ui.batchButton.click()
     assert widget.job is None and len(double.errors) == 1 and "no label map folder chosen" in double.errors[0]
 
 
-def test_a_failure_is_shown_with_its_fix(double):
+def test_a_failure_is_shown_with_its_fix(double, monkeypatch):
     labels, ijk_to_ras = phantom_labels()
     labels[labels == 6] = 99
     add_labelmap_node(double.scene, labels, ijk_to_ras)
-    widget = _widget(double)
+    widget = _widget(monkeypatch)
     widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
     widget.ui.applyButton.click()
     _run_until_idle(double, widget)
@@ -142,7 +138,7 @@ def test_a_failure_is_shown_with_its_fix(double):
     assert widget._parameterNode.outputVolume is None and widget.ui.applyButton.text() == "Apply"
 
 
-def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double):
+def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double, monkeypatch):
     import slicer
 
     labels, ijk_to_ras = phantom_labels()
@@ -155,7 +151,7 @@ def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double):
     for i in range(seg.GetNumberOfSegments()):
         segment = seg.GetNthSegment(i)
         segment.SetName(names.get(segment.GetLabelValue(), f"structure {segment.GetLabelValue()}"))
-    widget = _widget(double)
+    widget = _widget(monkeypatch)
     widget.ui.inputSelector.setCurrentNode(segmentation)  # what the user does in the combo box
     assert widget._parameterNode.inputNode is segmentation
     table = widget.ui.mappingTable

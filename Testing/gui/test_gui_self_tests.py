@@ -4,10 +4,8 @@ The self-tests use the bundled demo models where there is one (recon, WDM) and
 an installed model otherwise (CTP: the tiny test model in MEDDIFF_HOME).
 """
 
-import importlib
-import sys
-
 import pytest
+from panel_checks import load_module
 
 
 @pytest.mark.parametrize("name, result", [("CTPTemporalInpaint", "test perfusion inpainted"),
@@ -16,8 +14,7 @@ import pytest
 def test_the_module_self_test_passes(double, monkeypatch, name, result):
     import slicer
 
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module(name)
+    module = load_module(name, monkeypatch)
     test = getattr(module, f"{name}Test")()
     test.runTest()
     assert slicer.mrmlScene.GetFirstNodeByName(result) is not None  # it ran the engine, not skipped

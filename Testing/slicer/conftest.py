@@ -2,7 +2,7 @@
 
 import pytest
 
-from slicer_helpers import add_module_paths, engine_env, meddiff_home, new_scene  # noqa: F401 - meddiff_home is a fixture
+from slicer_helpers import add_module_paths, engine_env, meddiff_home, new_scene, python_slicer_launcher  # noqa: F401 - fixtures
 
 add_module_paths()
 

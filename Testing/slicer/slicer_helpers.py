@@ -141,6 +141,19 @@ def scene_snapshot(scene) -> list[tuple[str, str]]:
                   for i in range(scene.GetNumberOfNodes()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def python_slicer_launcher(tmp_path_factory):
+    """``PythonSlicer`` on PATH for the whole session: a launcher stand-in that, like Slicer's, runs the real
+    interpreter as its child and forwards no signals; the modules find it as they find Slicer's."""
+    from python_slicer_launcher import install
+
+    launcher = install(tmp_path_factory.mktemp("slicer-bin"))
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(launcher.parent), old_path])
+    yield launcher
+    os.environ["PATH"] = old_path
+
+
 @pytest.fixture(scope="session")
 def meddiff_home(tmp_path_factory):
     """A MEDDIFF_HOME holding every task's tiny model (import this fixture into a conftest)."""
