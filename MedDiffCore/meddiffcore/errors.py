@@ -21,6 +21,7 @@ class ErrorCode(str, Enum):
     MODEL = "MODEL"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     DEVICE = "DEVICE"
+    DEPENDENCY_MISSING = "DEPENDENCY_MISSING"
     CANCELLED = "CANCELLED"
 
     @property
@@ -37,6 +38,7 @@ EXIT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL: 5,
     ErrorCode.OUT_OF_MEMORY: 6,
     ErrorCode.DEVICE: 7,
+    ErrorCode.DEPENDENCY_MISSING: 8,
     ErrorCode.CANCELLED: 130,
 }
 
@@ -93,6 +95,12 @@ class OutOfMemoryError(MedDiffError):
     """The job did not fit in device memory."""
 
     code = ErrorCode.OUT_OF_MEMORY
+
+
+class DependencyError(MedDiffError):
+    """A third-party package the engine needs is not installed in this Python (a setup problem, not a bug)."""
+
+    code = ErrorCode.DEPENDENCY_MISSING
 
 
 class CancelledError(MedDiffError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 from .config import from_dict, to_dict
 from .devices import translate_out_of_memory
-from .errors import CancelledError, ConfigError, ErrorCode, MedDiffError
+from .errors import CancelledError, ConfigError, DependencyError, ErrorCode, MedDiffError
 from .progress import Reporter
 
 #: Job name -> "module:function". A runner is ``run(job, reporter) -> dict[str, str]`` of written outputs.
@@ -111,6 +112,12 @@ def run_job(job: Job, reporter: Reporter) -> int:
         return error.exit_status
     except KeyboardInterrupt:
         error = cancelled_error()
+        reporter.error(error)
+        return error.exit_status
+    except ModuleNotFoundError as exc:  # an incomplete installation, not a bug
+        package = (exc.name or str(exc)).split(".")[0]
+        error = DependencyError(f"the Python package '{package}' is not installed for this Python ({sys.executable})",
+                                f"install it (`pip install {package}`; in Slicer: 'Install dependencies'), then run again")
         reporter.error(error)
         return error.exit_status
     except Exception as exc:  # a bug: say so plainly, with the traceback in the log

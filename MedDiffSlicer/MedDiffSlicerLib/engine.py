@@ -1,15 +1,23 @@
-"""The engine process: start ``<python> -m meddiffcore.worker JOB.json``, follow its events, cancel it.
+"""The engine process: start the worker on a job file, follow its events, cancel it, on Linux, macOS and Windows.
 
-The worker speaks JSON lines on stdout (``started``, ``progress``, ``log``,
-``done`` or ``error``). Two reader threads move stdout and stderr lines into
-queues, so :meth:`EngineProcess.poll` never blocks: a Slicer widget calls it
-from a timer and the GUI stays responsive. :meth:`EngineProcess.wait` is the
-blocking mode for tests and batch scripts.
+Inside Slicer the engine runs in ``PythonSlicer``, which is a launcher: it starts the real
+interpreter as its child and forwards no signals. So nothing here relies on a signal reaching
+the engine. Cancelling writes a cancel file next to the job and ``cancel`` on the engine's
+stdin and closes it; the worker watches both, and Slicer's process id, and stops at its next
+step (it gives a job one second, then exits hard without leaving an output). If the engine is
+still there ``KILL_AFTER_S`` later, the whole tree is killed: the engine itself (its pid is
+its first event) and the launcher's process group (POSIX) or process tree (Windows,
+``taskkill /T``). When Slicer closes, the engine's stdin closes with it and the engine exits.
 
-Cancelling sends SIGTERM (the worker stops at its next step and removes partial
-outputs); if the engine has not exited ``kill_after_s`` seconds later, the
-whole process tree is killed. The engine runs in its own process group so that
-kill reaches anything it started.
+The worker speaks JSON lines on stdout (``engine``, ``started``, ``progress``, ``log``, ``done``
+or ``error``). Reader threads move stdout and stderr lines into queues, so
+:meth:`EngineProcess.poll` never blocks: a widget calls it from a timer. :meth:`EngineProcess.wait`
+is the blocking mode for tests and scripts. No console window opens on Windows.
+
+The engine is the extension's own ``meddiffcore`` (installed beside the modules, or in the
+source tree beside ``MedDiffSlicer``), put first on the engine's ``sys.path`` so that it is the
+version that matches these modules; a pip-installed ``meddiffcore`` is used only when the
+extension carries none.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -28,20 +35,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import Failure, failure_from_event, failure_from_exit
+from .errors import Failure, failure_from_event, failure_from_exit, missing_module
 
-#: Seconds between SIGTERM and killing the process tree; the worker itself gives a job 1 s to stop.
-KILL_AFTER_S = 10.0
+#: Seconds between the cancel request and killing the process tree; the worker itself stops within 1 s.
+KILL_AFTER_S = 1.5
 STDERR_LINES_KEPT = 200
-#: Seconds to keep reading after the engine exited, for its last lines.
+#: Seconds to keep reading after the engine exited, for its last lines (a grandchild may hold the pipes).
 PIPE_LINGER_S = 2.0
+#: Windows process-creation flags: a process group of its own, and no console window.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+#: Runs ``meddiffcore.MODULE`` from the engine folder given as the first argument, ahead of anything installed.
+BOOTSTRAP = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); name = sys.argv[2]; "
+             "sys.argv = [name] + sys.argv[3:]; runpy.run_module(name, run_name='__main__', alter_sys=True)")
+
+
+def engine_folder() -> Path | None:
+    """The folder holding the extension's ``meddiffcore`` package, or None if the extension carries none.
+
+    ``$MEDDIFF_ENGINE_PATH`` if set; else ``MedDiffCore`` beside ``MedDiffSlicerLib`` (the layout the
+    extension installs) or one folder further up (the source tree).
+    """
+    override = os.environ.get("MEDDIFF_ENGINE_PATH")
+    if override:
+        return Path(override)
+    library = Path(__file__).resolve().parent
+    for base in (library.parent, library.parent.parent):
+        candidate = base / "MedDiffCore"
+        if (candidate / "meddiffcore" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def engine_package() -> Path | None:
+    """The ``meddiffcore`` package folder the engine will run (the extension's, else a pip-installed one)."""
+    folder = engine_folder()
+    if folder is not None:
+        return folder / "meddiffcore"
+    import importlib.util
+
+    spec = importlib.util.find_spec("meddiffcore")  # finds without importing
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
 def engine_python() -> list[str]:
     """The interpreter that runs the engine: ``$MEDDIFF_ENGINE_PYTHON``, Slicer's ``PythonSlicer``, else this Python.
 
-    Inside Slicer the engine must run in ``PythonSlicer`` (Slicer's own Python
-    without the GUI), never in the Slicer executable itself.
+    Inside Slicer the engine must run in ``PythonSlicer`` (Slicer's own Python without the GUI), never
+    in the Slicer executable itself.
     """
     override = os.environ.get("MEDDIFF_ENGINE_PYTHON")
     if override:
@@ -49,6 +90,47 @@ def engine_python() -> list[str]:
     beside = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
     slicer_python = shutil.which("PythonSlicer") or (str(beside) if beside.is_file() else None)
     return [slicer_python] if slicer_python else [sys.executable]
+
+
+def engine_command(module: str, args: Sequence[str], python: Sequence[str] | None = None) -> list[str]:
+    """The command line that runs ``python -m module args`` with the extension's engine first on ``sys.path``."""
+    interpreter = [*(python or engine_python())]
+    folder = engine_folder()
+    if folder is None:
+        return [*interpreter, "-m", module, *args]
+    return [*interpreter, "-c", BOOTSTRAP, str(folder), module, *args]
+
+
+def engine_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """The engine's environment: ``env`` (else this process's) with unbuffered UTF-8 output."""
+    result = dict(os.environ if env is None else env)
+    result.setdefault("PYTHONUNBUFFERED", "1")
+    result.setdefault("PYTHONIOENCODING", "utf-8")
+    return result
+
+
+def process_options() -> dict:
+    """Popen options that make the engine killable as a tree and keep it windowless, per OS."""
+    if os.name == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_tree(pid: int, group: bool = True) -> None:
+    """Kill process ``pid`` and what it started: its process group on POSIX (``group``), ``taskkill /T`` on Windows."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False,
+                       stdin=subprocess.DEVNULL, creationflags=CREATE_NO_WINDOW)
+        return
+    import signal
+
+    try:
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -93,7 +175,10 @@ class EngineProcess:
     def __init__(self, job_file: str | os.PathLike, python: Sequence[str] | None = None,
                  env: dict[str, str] | None = None, kill_after_s: float = KILL_AFTER_S) -> None:
         self.job_file = Path(job_file)
-        self.command = [*(python or engine_python()), "-m", "meddiffcore.worker", str(self.job_file)]
+        self.cancel_file = self.job_file.with_name(self.job_file.stem + ".cancel")
+        self.command = engine_command("meddiffcore.worker", [
+            str(self.job_file), "--control", "--cancel-file", str(self.cancel_file), "--parent-pid", str(os.getpid())],
+            python)
         self.env = env
         self.kill_after_s = kill_after_s
         self.progress = Progress()
@@ -101,6 +186,9 @@ class EngineProcess:
         self.outputs: dict[str, str] | None = None
         self.failure: Failure | None = None
         self.returncode: int | None = None
+        #: The engine process itself (not the launcher in front of it), from its first event.
+        self.engine_pid: int | None = None
+        self.engine_package: str | None = None
         self._error_event: dict | None = None
         self._process: subprocess.Popen | None = None
         self._stdout: queue.Queue = queue.Queue()
@@ -108,6 +196,7 @@ class EngineProcess:
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         self._open_streams = 0
         self._kill_deadline: float | None = None
+        self._killed = False
         self._exited_at: float | None = None
         self.cancel_requested = False
 
@@ -115,13 +204,10 @@ class EngineProcess:
     def start(self) -> "EngineProcess":
         if self._process is not None:
             raise RuntimeError("an EngineProcess runs once; make a new one for another run")
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        kwargs: dict = {"start_new_session": True} if os.name == "posix" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                                         bufsize=1, env=env, **kwargs)
+        self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                         bufsize=1, env=engine_environment(self.env), cwd=str(self.job_file.parent),
+                                         **process_options())
         for stream, sink in ((self._process.stdout, self._stdout), (self._process.stderr, self._stderr)):
             threading.Thread(target=_pump, args=(stream, sink), daemon=True, name="meddiff-engine-reader").start()
         self._open_streams = 2
@@ -129,6 +215,7 @@ class EngineProcess:
 
     @property
     def pid(self) -> int | None:
+        """The process this object started: the launcher (``PythonSlicer``) when there is one."""
         return self._process.pid if self._process else None
 
     @property
@@ -147,13 +234,10 @@ class EngineProcess:
         for line in self._drain(self._stderr):
             self._stderr_tail.append(line)
             self.log.append(line)
-        if self._kill_deadline is not None and time.monotonic() > self._kill_deadline and self._process.poll() is None:
-            self._kill_tree()
-        if self._process.poll() is not None:
-            self._exited_at = self._exited_at or time.monotonic()
-            # a grandchild may still hold the pipes open: do not wait for it longer than a moment
-            if self._open_streams == 0 or time.monotonic() - self._exited_at > PIPE_LINGER_S:
-                self._finish(self._process.returncode)
+        if self._kill_deadline is not None and time.monotonic() > self._kill_deadline and not self._killed:
+            self._kill()
+        if self._ended():
+            self._finish(self._process.returncode)
         return events
 
     def wait(self, timeout_s: float | None = None, on_event: Callable[[dict], None] | None = None,
@@ -170,20 +254,41 @@ class EngineProcess:
         return self.succeeded
 
     def cancel(self) -> None:
-        """Ask the engine to stop (SIGTERM); the process tree is killed if it has not ended ``kill_after_s`` later."""
+        """Ask the engine to stop (no signal: a cancel file and its stdin); the tree is killed ``kill_after_s`` later."""
         if self._process is None or self.finished or self.cancel_requested:
             return
         self.cancel_requested = True
         self._kill_deadline = time.monotonic() + self.kill_after_s
         try:
-            if os.name == "posix":
-                self._process.send_signal(signal.SIGTERM)
-            else:
-                self._process.send_signal(signal.CTRL_BREAK_EVENT)
-        except ProcessLookupError:
-            pass
+            self.cancel_file.write_text("cancel\n", encoding="utf-8")
+        except OSError:
+            pass  # the stdin request below still reaches it
+        try:
+            self._process.stdin.write("cancel\n")
+            self._process.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the engine already closed its end
+        self._close_stdin()
 
     # -- internals ---------------------------------------------------------------------------------------------
+    def _close_stdin(self) -> None:
+        try:
+            self._process.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+    def _ended(self) -> bool:
+        """Whether the engine process itself is gone, not just the launcher in front of it."""
+        if self._process.poll() is None:
+            return False
+        self._exited_at = self._exited_at or time.monotonic()
+        if self._open_streams == 0:
+            return True  # the engine closed its output: it has exited
+        behind_launcher = self.engine_pid is not None and self.engine_pid != self._process.pid
+        if behind_launcher and not self._killed:
+            return False  # the launcher ended but the engine still holds our pipes: it runs; keep following
+        return time.monotonic() - self._exited_at > PIPE_LINGER_S
+
     def _drain(self, sink: queue.Queue) -> list[str]:
         lines = []
         while True:
@@ -205,7 +310,10 @@ class EngineProcess:
             self.log.append(line)  # a stray print: keep it, it may explain a failure
             return None
         kind = event["event"]
-        if kind == "progress":
+        if kind == "engine":
+            self.engine_pid = int(event["pid"]) if str(event.get("pid", "")).isdigit() else None
+            self.engine_package = event.get("meddiffcore")
+        elif kind == "progress":
             self.progress = Progress(str(event.get("phase", "")), int(event.get("step", 0)), int(event.get("total", 0)),
                                      event.get("eta_s"))
         elif kind == "log":
@@ -220,6 +328,7 @@ class EngineProcess:
         return event
 
     def _finish(self, returncode: int) -> None:
+        self._close_stdin()
         if self._error_event is not None:
             self.failure = failure_from_event(self._error_event)
         elif returncode != 0 or self.outputs is None:
@@ -229,34 +338,35 @@ class EngineProcess:
             self.log.append(self.failure.text())
         self.returncode = returncode
 
-    def _kill_tree(self) -> None:
-        """Kill the engine and everything it started (its process group / Windows process tree)."""
-        assert self._process is not None
+    def _kill(self) -> None:
+        """Kill the engine and everything in front of and behind it (launcher group / Windows process tree)."""
+        self._killed = True
+        self._exited_at = None  # linger from now on
         self.log.append(f"the engine did not stop within {self.kill_after_s:g} s of the cancel request; killing it")
-        try:
-            if os.name == "posix":
-                os.killpg(self._process.pid, signal.SIGKILL)
-            else:
-                subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)], capture_output=True, check=False)
-        except (ProcessLookupError, PermissionError):
+        if self.engine_pid is not None and self._open_streams > 0:  # still holding our pipes: still the engine
+            kill_tree(self.engine_pid, group=False)
+        kill_tree(self._process.pid)
+        if self._process.poll() is None:
             self._process.kill()
 
 
 class EngineCommandError(Exception):
-    """A short engine command (``info``, ``models list``, ``models import``) failed; the message says why."""
+    """A short engine command (``info``, ``models import``) failed; the message says why."""
 
 
 def run_engine_command(args: Sequence[str], python: Sequence[str] | None = None, env: dict[str, str] | None = None,
                        timeout_s: float = 120.0) -> str:
-    """Run ``<python> -m meddiffcore.cli ARGS`` to completion and return its stdout.
+    """Run ``meddiff ARGS`` in the engine's Python to completion and return its stdout.
 
-    Used for quick questions to the engine (machine report, model list, model
-    import) so that this process never imports torch or the engine itself.
+    Blocks: call it from a background thread (see :mod:`.background`), never from the GUI thread.
+    Used for questions to the engine (machine report) and model import, so that Slicer's own
+    process never imports torch or the engine.
     """
-    command = [*(python or engine_python()), "-m", "meddiffcore.cli", *args]
+    command = engine_command("meddiffcore.cli", args, python)
     try:
         done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
-                              timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+                              timeout=timeout_s, env=engine_environment(env), stdin=subprocess.DEVNULL,
+                              **process_options())
     except FileNotFoundError as exc:
         raise EngineCommandError(f"the engine's Python '{command[0]}' does not exist") from exc
     except subprocess.TimeoutExpired as exc:
@@ -265,6 +375,9 @@ def run_engine_command(args: Sequence[str], python: Sequence[str] | None = None,
         stderr = done.stderr.strip()
         if "No module named meddiffcore" in stderr or "No module named 'meddiffcore'" in stderr:
             raise EngineCommandError("the MedDiff engine (Python package 'meddiffcore') is not installed")
+        missing = missing_module(stderr)
+        if missing:
+            raise EngineCommandError(f"the engine needs the Python package '{missing}', which is not installed")
         lines = [line for line in stderr.splitlines() if line.strip()]
         detail = " ".join(line.strip() for line in lines[-2:]) if lines else f"exit status {done.returncode}"
         raise EngineCommandError(f"`meddiff {' '.join(args)}` failed: {detail}")

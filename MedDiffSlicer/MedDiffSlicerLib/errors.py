@@ -23,7 +23,8 @@ ERROR_ADVICE: dict[str, tuple[str, str]] = {
     "USAGE": ("The engine was called wrongly", "This is a bug in MedDiffSlicer; please report it."),
     "INTERNAL": ("Internal engine error", "This is a bug in MedDiff; please report it with the log below."),
     "ENGINE_CRASHED": ("The engine stopped unexpectedly", "See the log below; the work folder was kept for diagnosis."),
-    "ENGINE_MISSING": ("The MedDiff engine is not installed", "Install it from the module's Dependencies section."),
+    "ENGINE_MISSING": ("The MedDiff engine is not installed", "Reinstall the MedDiffSlicer extension (it carries the engine)."),
+    "DEPENDENCY_MISSING": ("A package the engine needs is missing", "Press 'Install dependencies' in the Models section."),
     "OUTPUT_MISSING": ("The engine wrote no output", "See the log below; the work folder was kept for diagnosis."),
 }
 
@@ -63,10 +64,17 @@ def failure_from_event(event: dict) -> Failure:
                    hint=str(event.get("hint") or ""))
 
 
+#: What Slicer's launcher (CTKAppLauncher, in front of PythonSlicer) prints when the interpreter it runs dies of a signal.
+LAUNCHER_CRASH_MARKER = "exit abnormally"
+
+
 def failure_from_exit(status: int, stderr_tail: str, cancel_requested: bool) -> Failure:
     """A Failure for an engine that ended without an ``error`` event (killed, crashed, not installed)."""
     if cancel_requested:
         return Failure("CANCELLED", "the job was cancelled and the engine was stopped")
+    if LAUNCHER_CRASH_MARKER in stderr_tail:  # PythonSlicer reports its child's death by a signal as status 1
+        return Failure("ENGINE_CRASHED", "the engine process was killed or crashed (the system may have run out of memory)",
+                       "close other programs, lower the number of samples or the input size, or choose device 'cpu'")
     if status < 0:
         try:
             name = signal.Signals(-status).name
@@ -75,10 +83,23 @@ def failure_from_exit(status: int, stderr_tail: str, cancel_requested: bool) -> 
         what = f"killed by {name}" + (" (the system may have run out of memory)" if name == "SIGKILL" else "")
         return Failure("ENGINE_CRASHED", f"the engine process was {what}", _last_line(stderr_tail))
     if "No module named meddiffcore" in stderr_tail or "No module named 'meddiffcore'" in stderr_tail:
-        return Failure("ENGINE_MISSING", "the Python package 'meddiffcore' is not installed for the engine's Python",
-                       "install MedDiffCore (Dependencies section) and try again")
+        return Failure("ENGINE_MISSING", "the engine (Python package 'meddiffcore') was not found",
+                       "reinstall the MedDiffSlicer extension from the Extensions Manager")
+    missing = missing_module(stderr_tail)
+    if missing:
+        return Failure("DEPENDENCY_MISSING", f"the engine needs the Python package '{missing}', which is not installed",
+                       "press 'Install dependencies' in the Models section, then try again")
     return Failure("ENGINE_CRASHED", f"the engine exited with status {status} without reporting an error",
                    _last_line(stderr_tail))
+
+
+def missing_module(text: str) -> str | None:
+    """The top-level module a ``ModuleNotFoundError`` in a traceback names, if any."""
+    marker = "ModuleNotFoundError: No module named "
+    for line in reversed(text.splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip().strip("'\"").split(".")[0]
+    return None
 
 
 def _last_line(text: str) -> str:

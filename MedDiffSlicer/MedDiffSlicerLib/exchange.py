@@ -76,13 +76,15 @@ def write_volume_node(node, path: Path) -> Path:
 def write_segmentation_as_labels(segmentation_node, segment_ids: list[str], path: Path) -> Grid:
     """Write the segments as one label map file, segment ``segment_ids[i]`` as value ``i + 1``; returns its grid.
 
-    Uses the segmentation's whole reference geometry (not the segments' bounding
-    box), so the CT covers the grid the user segmented on. A temporary labelmap node is
-    added for the export and removed again, so the scene ends as it was.
+    Uses the segmentation's whole reference geometry (not the segments' bounding box), so the CT
+    covers the grid the user segmented on. The export needs a temporary labelmap node, and Slicer's
+    export adds a colour table (``<segmentation>_ColorTable``) and display nodes of its own: every
+    node the export added is removed again, so the scene ends exactly as it was, whatever happens.
     """
     scene = segmentation_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "meddiff-export")
+    before = _node_ids(scene)
     try:
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "meddiff-export")
         ids = vtk.vtkStringArray()
         for segment_id in segment_ids:
             ids.InsertNextValue(segment_id)
@@ -93,10 +95,14 @@ def write_segmentation_as_labels(segmentation_node, segment_ids: list[str], path
         write_volume_node(labelmap, path)
         return Grid.of(labelmap)
     finally:
-        display = labelmap.GetDisplayNode()
-        if display is not None:
-            scene.RemoveNode(display)
-        scene.RemoveNode(labelmap)
+        for node_id in _node_ids(scene) - before:
+            node = scene.GetNodeByID(node_id)
+            if node is not None and not node.IsA("vtkMRMLSubjectHierarchyNode"):  # the scene's one hierarchy stays
+                scene.RemoveNode(node)
+
+
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
 def read_volume_node(path: Path, scene, name: str, grid: Grid | None, like=None):

@@ -192,9 +192,10 @@ class NodeJob:
             except ExchangeError as exc:
                 self.failure = Failure("OUTPUT_MISSING", str(exc))
                 self.engine.log.append(self.failure.text())
-        if self.failure is not None:
+        keep = self.failure is not None and not self.failure.cancelled  # a cancelled job has nothing to diagnose
+        if keep:
             self.engine.log.append(f"work folder kept for diagnosis: {self.work.path}")
-        self.work.close(success=self.failure is None)
+        self.work.close(success=not keep)
         self.done = True
 
 

@@ -1,32 +1,60 @@
-"""Installed models and their cards, asked of the engine (``meddiff models list --json``), and model import.
+"""Installed models and their cards, read from the model folders (plain JSON, no engine process), and model import.
 
-Import copies a model file into the user's model folder through the engine,
-which checks the weights against the sha256 in the card first, so an offline
-site can bring a model on a USB stick and a corrupt copy is refused.
+The engine finds models in ``$MEDDIFF_HOME/models`` (default ``~/.meddiff/models``), then among the
+demo models inside its package (``meddiffcore/models``); a user model shadows a bundled one of the
+same name. Listing reads those card files directly, so opening a module starts no process and
+never waits for torch. Import copies a model into the user's folder through the engine, which
+checks the weights against the sha256 in the card first (an offline site can bring a model on a
+USB stick, and a corrupt copy is refused); it blocks, so the panels run it in the background.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
-from .engine import EngineCommandError, run_engine_command
+from .engine import engine_package, run_engine_command
 
 
-def list_models(task: str | None = None, python: Sequence[str] | None = None,
-                env: dict[str, str] | None = None) -> list[dict]:
-    """Model cards (as dicts) of the installed models, optionally only those of ``task`` (e.g. ``"ctca"``)."""
-    text = run_engine_command(["models", "list", "--json"], python=python, env=env)
+def model_folders(env: dict[str, str] | None = None) -> list[Path]:
+    """Where the engine (with environment ``env``, else this process's) looks for models, in priority order."""
+    environment = os.environ if env is None else env
+    home = Path(environment.get("MEDDIFF_HOME") or Path.home() / ".meddiff")
+    folders = [home / "models"]
+    package = engine_package()
+    if package is not None:
+        folders.append(package / "models")
+    return folders
+
+
+def _read_card(path: Path) -> dict | None:
     try:
-        cards = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EngineCommandError(f"the engine's model list is not JSON: {exc}") from exc
-    return [c for c in cards if task is None or c.get("task") == task]
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a card (or unreadable): the engine skips it too
+    return card if isinstance(card, dict) and isinstance(card.get("name"), str) and card.get("task") else None
+
+
+def list_models(task: str | None = None, env: dict[str, str] | None = None) -> list[dict]:
+    """Model cards (as dicts) of the installed models, optionally only those of ``task`` (e.g. ``"ctca"``)."""
+    seen: dict[str, dict] = {}
+    for folder in model_folders(env):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            card = _read_card(path)
+            if card is not None:
+                seen.setdefault(card["name"], card)
+    return [c for c in seen.values() if task is None or c.get("task") == task]
 
 
 def import_model(path: str | Path, python: Sequence[str] | None = None, env: dict[str, str] | None = None) -> str:
-    """Verify (sha256) and copy a model into the user's model folder; returns the engine's confirmation line."""
+    """Verify (sha256) and copy a model into the user's model folder; returns the engine's confirmation line.
+
+    Blocks while the engine checks the file: run it with :class:`~.background.BackgroundTask` from a panel.
+    """
     return run_engine_command(["models", "import", str(path)], python=python, env=env).strip()
 
 

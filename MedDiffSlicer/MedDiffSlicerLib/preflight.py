@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from .background import BackgroundTask
 from .engine import EngineCommandError, run_engine_command
 
 
@@ -98,51 +98,55 @@ def check_device(report: dict, device: str, card: dict | None = None) -> list[Is
 
 
 class ReportCache:
-    """The engine's report, fetched in the background when a module opens so Apply does not wait for torch to import.
+    """The engine's machine report, fetched in a background thread so the GUI never waits for torch to import.
 
-    ``get`` returns a report at most ``max_age_s`` old (free GPU memory changes),
-    waiting for a fetch under way or fetching anew. A failed fetch is not cached.
+    :meth:`request` starts a fetch (a module does it when it opens); :meth:`poll`, from a GUI timer,
+    returns the report once there is one at most ``max_age_s`` old (free GPU memory changes), None
+    while a fetch is under way, and raises EngineCommandError when the fetch failed (a failure is
+    not cached: the next poll fetches again). :meth:`get` is the blocking form for scripts and tests.
     """
 
     def __init__(self, python: Sequence[str] | None = None, env: dict[str, str] | None = None,
                  max_age_s: float = 120.0) -> None:
         self.python, self.env, self.max_age_s = python, env, max_age_s
-        self._lock = threading.Lock()
         self._report: dict | None = None
         self._fetched_at = 0.0
-        self._fetching: threading.Thread | None = None
+        self._task: BackgroundTask | None = None
 
-    def prefetch(self) -> None:
-        """Start fetching in a background thread (a subprocess wait: no GUI call happens there)."""
-        with self._lock:
-            if self._fetching is None:
-                self._fetching = threading.Thread(target=self._fetch_quietly, daemon=True, name="meddiff-preflight")
-                self._fetching.start()
+    def _fresh(self) -> dict | None:
+        if self._report is not None and time.monotonic() - self._fetched_at <= self.max_age_s:
+            return self._report
+        return None
 
-    def get(self) -> dict:
-        with self._lock:
-            fetching = self._fetching
-        if fetching is not None:
-            fetching.join()
-        with self._lock:
-            if self._report is not None and time.monotonic() - self._fetched_at <= self.max_age_s:
-                return self._report
-        return self._fetch()
+    def request(self) -> None:
+        """Start fetching, unless a fresh report is at hand or a fetch is under way."""
+        if self._task is None and self._fresh() is None:
+            self._task = BackgroundTask(lambda: engine_report(python=self.python, env=self.env), "meddiff-preflight")
 
-    def _fetch(self) -> dict:
-        report = engine_report(python=self.python, env=self.env)
-        with self._lock:
-            self._report, self._fetched_at = report, time.monotonic()
+    prefetch = request
+
+    def poll(self) -> dict | None:
+        """The report if ready (never blocks); None while fetching; EngineCommandError if the fetch failed."""
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        if self._task is None:
+            self.request()
+            return None
+        if not self._task.done():
+            return None
+        task, self._task = self._task, None
+        self._report, self._fetched_at = task.result(), time.monotonic()
+        return self._report
+
+    def get(self, timeout_s: float | None = None) -> dict:
+        """Blocking: the report (scripts, tests); EngineCommandError when the engine cannot answer."""
+        self.request()
+        if self._task is not None and not self._task.wait(timeout_s):
+            raise EngineCommandError(f"the engine did not answer within {timeout_s:g} s")
+        report = self.poll()
+        assert report is not None
         return report
-
-    def _fetch_quietly(self) -> None:
-        try:
-            self._fetch()
-        except EngineCommandError:
-            pass  # get() fetches again and reports the failure where the user sees it
-        finally:
-            with self._lock:
-                self._fetching = None
 
 
 def preflight(device: str, card: dict | None, python: Sequence[str] | None = None,
@@ -151,5 +155,10 @@ def preflight(device: str, card: dict | None, python: Sequence[str] | None = Non
     try:
         report = reports.get() if reports is not None else engine_report(python=python, env=env)
     except EngineCommandError as exc:
-        return [Issue(str(exc), "install the engine and torch from the module's Dependencies section, then try again")]
+        return [engine_issue(exc)]
     return check_device(report, device, card)
+
+
+def engine_issue(error: EngineCommandError) -> Issue:
+    """The blocking issue for an engine that cannot answer at all."""
+    return Issue(str(error), "press 'Install dependencies' in the Models section (or reinstall MedDiffSlicer), then try again")

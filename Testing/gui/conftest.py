@@ -18,11 +18,12 @@ add_module_paths()
 @pytest.fixture()
 def double(monkeypatch, meddiff_home):  # noqa: F811
     """The Qt double installed, the engine pointed at the tiny model, and a fresh scene."""
-    from slicer_qt_double import install
+    from slicer_qt_double import install, uninstall
 
     for key, value in engine_env(meddiff_home).items():
         if key in ("MEDDIFF_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             monkeypatch.setenv(key, value)
     recorder = install(monkeypatch)
     recorder.scene = new_scene()
-    return recorder
+    yield recorder
+    uninstall(recorder)

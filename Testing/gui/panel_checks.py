@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import os
 import re
 import shutil
-import sys
 import time
 import xml.etree.ElementTree as ET
 

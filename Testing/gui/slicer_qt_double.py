@@ -44,7 +44,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import slicer
-import vtk
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Property, Signal
 from PySide6.QtUiTools import QUiLoader
@@ -58,6 +57,8 @@ class Recorder:
 
     messages: list[dict] = field(default_factory=list)
     slice_layers: list[dict] = field(default_factory=list)
+    #: Every module widget made during the test (cleaned up at its end, as Slicer does when it closes).
+    widgets: list = field(default_factory=list)
     #: Answers to questions (confirmations), in order; an empty list answers OK.
     answers: list[bool] = field(default_factory=list)
 
@@ -332,8 +333,14 @@ class ScriptedLoadableModule:
         parent.helpText = parent.acknowledgementText = ""
 
 
+#: The recorder of the test under way (module widgets register with it).
+_active: list[Recorder] = []
+
+
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None) -> None:
+        if _active:
+            _active[-1].widgets.append(self)
         self.moduleName = type(self).__name__.removesuffix("Widget")
         self.developerMode = False
         if parent is None:
@@ -471,4 +478,17 @@ def install(monkeypatch) -> Recorder:
     monkeypatch.setattr(slicer.util, "childWidgetVariables", childWidgetVariables)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: recorder.slice_layers.append(kw))
     recorder.app = qapp
+    _active.append(recorder)
     return recorder
+
+
+def uninstall(recorder: Recorder, timeout_s: float = 15.0) -> None:
+    """End of a test: clean up every module widget as Slicer does on exit (running jobs cancelled, engines gone)."""
+    for widget in recorder.widgets:
+        runner = getattr(widget, "runner", None)
+        job = runner.job if runner is not None else None
+        widget.cleanup()
+        if job is not None:
+            job.wait(timeout_s)
+    recorder.app.processEvents()
+    _active.remove(recorder)

@@ -3,59 +3,24 @@
 Writes the panel picture used by the README (Resources/Screenshots/CTCASynthesizer.png).
 """
 
-import ast
-import os
-import re
-import shutil
 import time
-import xml.etree.ElementTree as ET
 
-from panel_checks import make_widget
+from panel_checks import (bound_parameters, grab_while_running, keep_picture, make_widget, parameter_fields,
+                          run_until_idle, ui_names, used_ui_names, writing_pictures)
 from slicer_helpers import ROOT, TINY_MODEL, add_labelmap_node, phantom_labels, scene_snapshot
 
-MODULE_DIR = ROOT / "MedDiffSlicer" / "CTCASynthesizer"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "CTCASynthesizer.ui"
-SCREENSHOT = ROOT / "Resources" / "Screenshots" / "CTCASynthesizer.png"
+NAME = "CTCASynthesizer"
+SCREENSHOT = ROOT / "Resources" / "Screenshots" / f"{NAME}.png"
 
 
-def _ui_names() -> set[str]:
-    return {w.get("name") for w in ET.parse(UI_FILE).iter("widget") if w.get("name")}
-
-
-def _bound_parameters() -> set[str]:
-    root = ET.parse(UI_FILE)
-    return {p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
-
-
-def _parameter_fields() -> set[str]:
-    tree = ast.parse((MODULE_DIR / "CTCASynthesizer.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CTCASynthesizerParameterNode")
-    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
-
-
-def test_every_widget_the_code_uses_exists_in_the_ui_file():
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "CTCASynthesizer.py").read_text()))
-    assert used, "the widget uses no ui names?"
-    assert used <= _ui_names(), f"missing in the .ui file: {sorted(used - _ui_names())}"
-
-
-def test_every_bound_widget_names_a_parameter_of_the_parameter_node():
-    bound = _bound_parameters()
-    assert {"inputNode", "steps", "guidance", "seed", "samples", "device"} <= bound
-    assert bound <= _parameter_fields(), f"unknown parameters: {sorted(bound - _parameter_fields())}"
+def test_the_ui_file_and_the_code_agree():
+    assert used_ui_names(NAME) <= ui_names(NAME), sorted(used_ui_names(NAME) - ui_names(NAME))
+    assert {"inputNode", "steps", "guidance", "seed", "samples", "device", "wheelFolder"} <= bound_parameters(NAME)
+    assert bound_parameters(NAME) <= parameter_fields(NAME), sorted(bound_parameters(NAME) - parameter_fields(NAME))
 
 
 def _widget(monkeypatch):
-    return make_widget("CTCASynthesizer", monkeypatch)
-
-
-def _run_until_idle(double, widget, timeout_s=120.0):
-    deadline = time.monotonic() + timeout_s
-    while widget.job is not None:
-        double.app.processEvents()
-        assert time.monotonic() < deadline, "the job did not finish"
-        time.sleep(0.02)
-    double.app.processEvents()
+    return make_widget(NAME, monkeypatch)
 
 
 def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture(double, monkeypatch, tmp_path):
@@ -67,23 +32,21 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
     assert params.model == TINY_MODEL and TINY_MODEL in widget.ui.modelCardText.toPlainText()
     params.steps, params.seed, params.device = 8, 5, "cpu"
     assert widget.ui.stepsSpinBox.value() == 8 and widget.ui.deviceComboBox.currentText() == "cpu"
-    writing_picture = bool(os.environ.get("MEDDIFF_WRITE_SCREENSHOTS"))
-    if writing_picture:  # the README shows the bundled demo model, not the random-weight test model
+    if writing_pictures():  # the README shows the bundled demo model, not the random-weight test model
         params.model, params.steps = "ctca-demo", 25
         assert widget.ui.modelComboBox.currentText() == "ctca-demo"
 
     widget.ui.applyButton.click()
-    assert widget.ui.applyButton.text() == "Cancel"
+    assert widget.ui.applyButton.text() == "Cancel"  # at once, while the engine is checked in the background
     seen_formats = set()
     picture = tmp_path / "panel.png"
-    deadline = time.monotonic() + 120
-    while widget.job is not None:
-        double.app.processEvents()
+    grab = grab_while_running(widget, picture)
+
+    def tick():
         seen_formats.add(widget.ui.progressBar.format())
-        if "ETA" in widget.ui.progressBar.format() and not picture.exists():
-            assert widget.parent.grab().save(str(picture))  # the panel while the engine runs: percent and ETA
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+        grab()
+
+    run_until_idle(double, widget, timeout_s=120, on_tick=tick)
     assert double.errors == [], double.errors
     ct = params.outputVolume
     assert ct is not None and ct.GetName() == "heart labels synthetic CT" and ct.IsA("vtkMRMLScalarVolumeNode")
@@ -92,12 +55,7 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
     assert widget.ui.applyButton.text() == "Apply" and widget.ui.progressBar.value() == 100
     assert any(f.startswith("sampling") for f in seen_formats), seen_formats
     assert "Added" in widget.ui.statusLabel.text()
-
-    if not picture.exists():  # the run was too quick to catch mid-way
-        assert widget.parent.grab().save(str(picture))
-    assert picture.stat().st_size > 5000
-    if writing_picture:
-        shutil.copyfile(picture, SCREENSHOT)
+    keep_picture(widget, picture, SCREENSHOT)
 
 
 def test_cancel_from_the_panel_leaves_the_scene_unchanged(double, monkeypatch):
@@ -109,12 +67,12 @@ def test_cancel_from_the_panel_leaves_the_scene_unchanged(double, monkeypatch):
     before = scene_snapshot(double.scene)
     widget.ui.applyButton.click()
     deadline = time.monotonic() + 60
-    while widget.job is not None and widget.job.progress.total == 0:
+    while widget.runner.running and (widget.job is None or widget.job.progress.total == 0):
         double.app.processEvents()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     widget.ui.applyButton.click()  # the same button, now Cancel
-    _run_until_idle(double, widget, 30)
+    run_until_idle(double, widget, 30)
     assert "Cancelled" in widget.ui.statusLabel.text() and double.errors == []
     assert scene_snapshot(double.scene) == before
 
@@ -123,6 +81,7 @@ def test_batch_without_folders_is_refused_with_a_message(double, monkeypatch):
     widget = _widget(monkeypatch)
     assert widget.ui.batchInputPathLineEdit.currentPath() == "."  # what Slicer shows for an unset pathlib.Path
     widget.ui.batchButton.click()
+    run_until_idle(double, widget)
     assert widget.job is None and len(double.errors) == 1 and "no label map folder chosen" in double.errors[0]
 
 
@@ -133,7 +92,7 @@ def test_a_failure_is_shown_with_its_fix(double, monkeypatch):
     widget = _widget(monkeypatch)
     widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
     widget.ui.applyButton.click()
-    _run_until_idle(double, widget)
+    run_until_idle(double, widget)
     assert len(double.errors) == 1 and "99" in double.errors[0] and "Fix:" in double.errors[0]
     assert widget._parameterNode.outputVolume is None and widget.ui.applyButton.text() == "Apply"
 
@@ -162,12 +121,13 @@ def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double, mo
 
     widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
     widget.ui.applyButton.click()  # refused: unmapped segments
+    run_until_idle(double, widget)
     assert widget.job is None and len(double.errors) == 1 and "not mapped" in double.errors[0]
 
     for r in range(table.rowCount()):
         if not table.item(r, 1).text():
             table.item(r, 1).setText("background")  # the user's edit: leave those out
     widget.ui.applyButton.click()
-    _run_until_idle(double, widget)
+    run_until_idle(double, widget)
     assert len(double.errors) == 1, double.errors
     assert widget._parameterNode.outputVolume.GetName() == "heart synthetic CT"

@@ -62,6 +62,7 @@ def test_non_numeric_frame_times_are_shown_and_refused_with_their_fix(double, mo
     widget._parameterNode.steps, widget._parameterNode.device = 2, "cpu"
     before = scene_snapshot(double.scene)
     widget.ui.applyButton.click()
+    run_until_idle(double, widget)
     assert not widget.runner.running and len(double.errors) == 1
     assert "non-numeric" in double.errors[0] and "Fix:" in double.errors[0]
     assert scene_snapshot(double.scene) == before and widget.ui.applyButton.text() == "Apply"

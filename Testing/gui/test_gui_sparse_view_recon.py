@@ -72,6 +72,7 @@ def test_angles_that_do_not_match_the_sinogram_are_refused_with_their_fix(double
     assert params.angles == "0, 90"
     before = scene_snapshot(double.scene)
     widget.ui.applyButton.click()
+    run_until_idle(double, widget)
     assert not widget.runner.running and len(double.errors) == 1
     assert "2 angles" in double.errors[0] and "Fix:" in double.errors[0]
     assert scene_snapshot(double.scene) == before

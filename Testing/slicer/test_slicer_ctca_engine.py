@@ -6,6 +6,7 @@ engine leave the scene as it was and say what happened; bad input is reported
 before or by the engine without touching the scene.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -130,11 +131,13 @@ def test_cancel_stops_the_engine_and_adds_nothing(scene, env):
     assert not list(job.work.path.glob("ct*.nrrd"))  # no output, complete or partial
 
 
-def test_a_crashed_engine_is_reported_and_scene_unchanged(scene, env):
+def test_an_engine_killed_behind_the_launcher_is_reported_as_such_and_the_scene_is_unchanged(scene, env):
     job, before = _long_job_under_way(scene, env)
-    os.kill(job.engine.pid, signal.SIGKILL)  # what the kernel's OOM killer does
+    assert job.engine.engine_pid not in (None, job.engine.pid)  # the real interpreter runs behind PythonSlicer
+    os.kill(job.engine.engine_pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
     assert not job.wait(30)
-    assert job.failure.code == "ENGINE_CRASHED" and "SIGKILL" in job.failure.message
+    assert job.engine.returncode == 1  # all the launcher passes on
+    assert job.failure.code == "ENGINE_CRASHED" and "out of memory" in job.failure.message, job.failure
     assert scene_snapshot(scene) == before and job.work.path.is_dir()
 
 
@@ -162,12 +165,24 @@ def test_cancel_kills_the_process_tree_of_an_engine_that_ignores_sigterm(tmp_pat
     assert state == "" or state.startswith("Z")  # gone (or a zombie awaiting its reaper)
 
 
-def test_engine_that_is_not_installed_says_so(tmp_path):
+def test_an_extension_without_its_engine_says_so(tmp_path, monkeypatch):
     (tmp_path / "job.json").write_text("{}")
+    monkeypatch.setenv("MEDDIFF_ENGINE_PATH", str(tmp_path / "no-engine-here"))
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
     engine = EngineProcess(tmp_path / "job.json", python=[sys.executable, "-S", "-I"], env=env).start()
     assert not engine.wait(30)
-    assert engine.failure.code == "ENGINE_MISSING"
+    assert engine.failure.code == "ENGINE_MISSING" and "reinstall" in engine.failure.hint
+
+
+def test_a_missing_third_party_package_is_named_with_its_fix(tmp_path, env):
+    """The extension's engine runs, but this Python lacks what it imports (no site-packages here)."""
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"task": "ctca.synthesize", "inputs": {"labels": str(tmp_path / "l.nrrd")},
+                               "outputs": {"volume": str(tmp_path / "ct.nrrd")}}))
+    engine = EngineProcess(job, python=[sys.executable, "-S", "-I"], env={"PATH": os.environ.get("PATH", "")}).start()
+    assert not engine.wait(60)
+    assert engine.failure.code == "DEPENDENCY_MISSING" and "Install dependencies" in engine.failure.hint, engine.failure
+    assert engine.engine_pid is not None  # the engine itself started: only a package was missing
 
 
 def test_batch_mode_writes_one_ct_per_label_file(tmp_path, env):

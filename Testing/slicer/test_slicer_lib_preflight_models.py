@@ -2,7 +2,8 @@
 
 import pytest
 
-from MedDiffSlicerLib.dependencies import missing_requirements
+from MedDiffSlicerLib.dependencies import (Requirement, confirmation_text, engine_requirements, missing_requirements,
+                                          unsupported_reason)
 from MedDiffSlicerLib.engine import EngineCommandError
 from MedDiffSlicerLib.models import card_summary, import_model, label_table, list_models
 from MedDiffSlicerLib.preflight import ReportCache, capability_supported, check_device, engine_report, preflight
@@ -101,9 +102,49 @@ def test_import_verifies_the_checksum(tmp_path, env):
     assert any(c["name"] == "ctca-imported" for c in list_models(env=env))
 
 
-def test_missing_dependencies_are_found_without_importing_them(monkeypatch):
+def _engine_with_requirements(tmp_path, text: str):
+    """A copy of the engine's layout whose requirements file says ``text``."""
+    package = tmp_path / "MedDiffCore" / "meddiffcore"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "requirements.txt").write_text(text)
+    return package.parent
+
+
+def test_missing_dependencies_come_from_the_engines_requirements_without_importing_anything(tmp_path, monkeypatch):
+    import sys
+
     monkeypatch.delenv("MEDDIFF_ENGINE_PYTHON", raising=False)
-    assert missing_requirements() == []  # this venv has torch and meddiffcore
-    assert missing_requirements(["meddiffcore", "no_such_package_xyz"]) == ["no_such_package_xyz"]
+    shipped = [r.name for r in engine_requirements()]
+    assert {"torch", "nibabel", "PyWavelets", "safetensors", "PyYAML"} <= set(shipped)
+    assert missing_requirements() == []  # this venv has what the engine needs
+
+    folder = _engine_with_requirements(tmp_path, "# comment\nnumpy>=1.0\ntorch>=99,<100\nno-such-package-xyz >= 1.2\n")
+    monkeypatch.setenv("MEDDIFF_ENGINE_PATH", str(folder))
+    before = set(sys.modules)
+    missing = missing_requirements()
+    assert [str(r) for r in missing] == ["torch>=99,<100", "no-such-package-xyz>=1.2"]  # too old a torch counts
+    assert not {"torch", "numpy"} & (set(sys.modules) - before)  # found from metadata, nothing imported
+    question = confirmation_text(missing)
+    assert "torch>=99,<100 (installed: " in question and "PyTorch extension" in question
+    assert "no-such-package-xyz>=1.2" in question and "numpy" not in question
+    assert "wheels in" in confirmation_text(missing, "/media/usb/wheels") and "PyTorch extension" not in \
+        confirmation_text(missing, "/media/usb/wheels")
     monkeypatch.setenv("MEDDIFF_ENGINE_PYTHON", "/elsewhere/python")
-    assert missing_requirements(["no_such_package_xyz"]) == []  # another interpreter: preflight asks it instead
+    assert missing_requirements() == []  # another interpreter: preflight asks it instead
+
+
+@pytest.mark.parametrize("version, specifier, ok", [
+    ("2.13.0+cpu", ">=2.2,<3", True), ("2.1.2", ">=2.2,<3", False), ("3.0.0", ">=2.2,<3", False),
+    ("1.26.4", ">=1.24", True), ("6.0.1", "==6.0.1", True), ("0.4.0rc1", ">=0.4", True), (None, ">=1", False),
+    ("5.0", "", True)])
+def test_version_ranges(version, specifier, ok):
+    assert Requirement("x", specifier).satisfied_by(version) is ok
+
+
+def test_an_old_slicer_is_named_with_what_it_needs():
+    reason = unsupported_reason((3, 9, 10))
+    assert "5.10" in reason and "3.9.10" in reason and "3.10" in reason
+    assert unsupported_reason((3, 12, 1)) is None
+
+
