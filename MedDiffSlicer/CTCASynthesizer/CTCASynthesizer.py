@@ -40,7 +40,7 @@ class CTCASynthesizer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CTCA Synthesizer")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Diffusion Models")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["The MedDiff authors"]
         self.parent.helpText = _(

@@ -38,7 +38,7 @@ class CTPTemporalInpaint(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CTP Temporal Inpaint")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Diffusion Models")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = ["Sequences"]
         self.parent.contributors = ["The MedDiff authors"]
         self.parent.helpText = _(

@@ -120,6 +120,7 @@ def missing_requirements() -> list[Requirement]:
     """
     if os.environ.get("MEDDIFF_ENGINE_PYTHON"):
         return []
+    importlib.invalidate_caches()  # a package installed a moment ago must be seen
     return [r for r in engine_requirements() if not r.satisfied_by(installed_version(r.name))]
 
 

@@ -39,7 +39,7 @@ class VolumeGenerator(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Volume Generator")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Diffusion Models")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["The MedDiff authors"]
         self.parent.helpText = _(

@@ -386,6 +386,12 @@ class _Parameter:
     def __init__(self, name: str, hint, serializer: Serializer, default) -> None:
         self.name, self.hint, self.serializer, self.default = name, hint, serializer, default
 
+    def read(self, node):
+        """The stored value; a parameter that went missing (a node reset by the scene) gets its default, as in Slicer."""
+        if not self.serializer.is_in(node, self.name):
+            self.serializer.write(node, self.name, self.default.value)
+        return self.serializer.read(node, self.name)
+
 
 def parameterNodeWrapper(classtype=None):  # noqa: N802 - Slicer's name
     """Class decorator: typed, validated, cached properties over a vtkMRMLScriptedModuleNode, bindable to a GUI."""
@@ -437,11 +443,11 @@ def _init(self, parameterNode) -> None:
     for parameter in self.allParameters.values():
         if not parameter.serializer.is_in(parameterNode, parameter.name):
             parameter.serializer.write(parameterNode, parameter.name, parameter.default.value)
-    self._values = {n: p.serializer.read(parameterNode, n) for n, p in self.allParameters.items()}
+    self._values = {n: p.read(parameterNode) for n, p in self.allParameters.items()}
 
     def refresh(caller, event) -> None:
         if not self._writing:
-            self._values = {n: p.serializer.read(parameterNode, n) for n, p in self.allParameters.items()}
+            self._values = {n: p.read(parameterNode) for n, p in self.allParameters.items()}
 
     self._refresh_tag = parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, refresh)
 

@@ -7,8 +7,11 @@ MedDiff modules depend on it; where it is only a stand-in, it says so here.
 Real, not doubled:
 * everything MRML (the ``slicer-core`` wheel: scene, nodes, storage, segmentations, sequences);
 * ``slicer.util``'s own ``errorDisplay``, ``confirmOkCancelDisplay``, ``tryWithErrorDisplay``
-  (which **re-raises** after showing the error), ``NodeModify`` and ``VTKObservationMixin``:
-  the double only supplies what they call (``slicer.app`` and the message box itself);
+  (which **re-raises** after showing the error), ``pip_install`` (it runs pip through
+  ``PythonSlicer``), ``NodeModify`` and ``VTKObservationMixin``: the double only supplies what
+  they call (``slicer.app`` and the message box itself);
+* an exception that escapes a Qt slot or a VTK observer is recorded (Slicer would only print it
+  to the Python console, leaving the panel half-updated) and fails the test;
 * the ``.ui`` files, loaded with ``QUiLoader``, and their ``<connections>`` (the scene reaches the
   node selector only through the ``mrmlSceneChanged`` connection the ``.ui`` declares).
 
@@ -59,6 +62,8 @@ class Recorder:
     slice_layers: list[dict] = field(default_factory=list)
     #: Every module widget made during the test (cleaned up at its end, as Slicer does when it closes).
     widgets: list = field(default_factory=list)
+    #: Exceptions that escaped a Qt slot or a VTK observer (Slicer only prints them): a test fails if any did.
+    escaped: list = field(default_factory=list)
     #: Answers to questions (confirmations), in order; an empty list answers OK.
     answers: list[bool] = field(default_factory=list)
 
@@ -429,6 +434,18 @@ def load_module_file(module_file: pathlib.Path, monkeypatch):
     return module
 
 
+def pip_install(requirements) -> None:
+    """Slicer 5.10's ``slicer.util.pip_install``: ``python -m pip install ...`` through PythonSlicer, blocking.
+
+    (The ``slicer-core`` wheel carries a newer ``util`` whose ``pip_install`` needs ``slicer.packaging``, which the
+    wheel lacks; Slicer 5.12's ``packaging.pip_ensure`` is not modelled.) The real ``executePythonModule`` runs it.
+    """
+    import shlex
+
+    args = shlex.split(requirements) if isinstance(requirements, str) else list(requirements)
+    slicer.util.executePythonModule("pip", ["install", *args])
+
+
 def install(monkeypatch) -> Recorder:
     """Put the double in place for one test (undone by monkeypatch); returns what the module shows the user."""
     qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["slicer-qt-double"])
@@ -474,6 +491,8 @@ def install(monkeypatch) -> Recorder:
         return QtWidgets.QMessageBox.Ok
 
     monkeypatch.setattr(slicer.util, "messageBox", messageBox)
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    monkeypatch.setattr(sys, "excepthook", lambda kind, error, tb: recorder.escaped.append(error))
     monkeypatch.setattr(slicer.util, "loadUI", loadUI)
     monkeypatch.setattr(slicer.util, "childWidgetVariables", childWidgetVariables)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: recorder.slice_layers.append(kw))
@@ -492,3 +511,4 @@ def uninstall(recorder: Recorder, timeout_s: float = 15.0) -> None:
             job.wait(timeout_s)
     recorder.app.processEvents()
     _active.remove(recorder)
+    assert not recorder.escaped, f"exceptions escaped from Qt slots or VTK observers: {recorder.escaped!r}"

@@ -113,7 +113,7 @@ def phantom_labels(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def new_scene():
-    """A fresh MRML scene set as ``slicer.mrmlScene`` (Slicer does this at startup), with segmentation converters."""
+    """A fresh MRML scene set as ``slicer.mrmlScene``, as Slicer's at startup: segmentation converters, a subject hierarchy."""
     import slicer
 
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
@@ -122,6 +122,7 @@ def new_scene():
         if rule.__name__ not in registered:
             factory.RegisterConverterRule(rule())
     scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # Slicer's scene always has its hierarchy
     slicer.mrmlScene = scene
     return scene
 
