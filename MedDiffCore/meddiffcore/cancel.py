@@ -92,7 +92,7 @@ def cancel_on_stdin(token: CancelToken, stream=None) -> threading.Thread:
 
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` still runs; errs towards "alive" when the system will not say."""
-    if os.name == "nt":
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there
         import ctypes
 
         kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
@@ -104,13 +104,14 @@ def process_alive(pid: int) -> bool:
             return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
         finally:
             kernel32.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    else:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def cancel_on_file_or_orphan(token: CancelToken, cancel_file: Path | None, parent_pid: int | None) -> threading.Thread:

@@ -113,7 +113,8 @@ def process_options() -> dict:
     """Popen options that make the engine killable as a tree and keep it windowless, per OS."""
     if os.name == "nt":
         return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
-    return {"start_new_session": True}
+    else:
+        return {"start_new_session": True}
 
 
 def kill_tree(pid: int, group: bool = True) -> None:
@@ -121,16 +122,16 @@ def kill_tree(pid: int, group: bool = True) -> None:
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False,
                        stdin=subprocess.DEVNULL, creationflags=CREATE_NO_WINDOW)
-        return
-    import signal
+    else:
+        import signal
 
-    try:
-        if group:
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        try:
+            if group:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 @dataclass

@@ -31,6 +31,9 @@ from .errors import LaunchError
 from .models import card_summary, import_model, list_models
 from .preflight import ReportCache, check_device, engine_issue
 
+#: Seconds a module being unloaded (or Slicer closing) waits for a cancelled engine to be gone.
+CLEANUP_WAIT_S = 3.0
+
 
 @contextlib.contextmanager
 def showing_errors(title: str):
@@ -403,9 +406,13 @@ class ParameterNodePanel:
         """Fill empty parameters of a fresh node; none by default."""
 
     def cleanup(self) -> None:
+        """The module is unloaded or Slicer closes: cancel a run and wait (briefly) until its engine is gone."""
         if self.runner is None:
             return
+        job = self.runner.job
         self.runner.cancel()
+        if job is not None:
+            job.wait(CLEANUP_WAIT_S)  # the engine stops within a second; past 1.5 s its tree is killed
         self.timer.stop()
         self.removeObservers()
 

@@ -46,7 +46,7 @@ def test_apply_synthesises_a_ct_node_shows_progress_and_writes_the_panel_picture
         seen_formats.add(widget.ui.progressBar.format())
         grab()
 
-    run_until_idle(double, widget, timeout_s=120, on_tick=tick)
+    run_until_idle(double, widget, timeout_s=600 if writing_pictures() else 120, on_tick=tick)
     assert double.errors == [], double.errors
     ct = params.outputVolume
     assert ct is not None and ct.GetName() == "heart labels synthetic CT" and ct.IsA("vtkMRMLScalarVolumeNode")
