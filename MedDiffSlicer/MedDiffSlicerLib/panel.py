@@ -141,7 +141,7 @@ class JobRunner:
             self.job.cancel()
 
     # -- dependencies ---------------------------------------------------------------------------------------------
-    def dependencies_ready(self, ask: bool = True) -> bool:
+    def dependencies_ready(self) -> bool:
         """First use: what the engine lacks, installed after one confirmation that lists it all (GUI thread)."""
         reason = unsupported_reason()
         if reason:
@@ -151,7 +151,7 @@ class JobRunner:
         if not missing:
             return True
         wheels = self.wheel_folder()
-        if ask and not slicer.util.confirmOkCancelDisplay(confirmation_text(missing, wheels),
+        if not slicer.util.confirmOkCancelDisplay(confirmation_text(missing, wheels),
                                                           windowTitle="MedDiff: install dependencies"):
             self.log("Installation declined; MedDiff cannot run without " + ", ".join(str(r) for r in missing) + ".")
             return False
