@@ -133,3 +133,25 @@ def test_axis_string_planes_round_trip(plane, image_axes):
     slices = to_slices(volume, plane)
     assert tuple(slices.shape[1:]) == tuple(volume.shape[a] for a in image_axes)
     assert torch.equal(from_slices(slices, plane), volume)
+
+
+def test_authors_tpdm_sampler_carries_the_predictor_mean_on_the_authors_grid():
+    """Data N(0, 1) per voxel: the denoiser is x / (1 + sigma^2), the score -x / (1 + sigma^2). With no
+    corrector move (snr 0) and no DPS, two steps of the authors' sampler scale x by exactly
+    (1 - G_0^2 / (1 + sigma(1)^2)) (1 - G_1^2 / (1 + sigma(eps)^2)): no predictor noise is added."""
+    from meddiffcore.tasks.recon.priors import VolumePrior
+    from meddiffcore.tasks.recon.problems import ZSRProblem
+    from meddiffcore.tasks.recon.tpdm import sample_tpdm_authors
+
+    def gaussian(x, sigma):
+        return x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+    priors = [VolumePrior(gaussian, plane) for plane in ("zyx", "yxz")]
+    shape, smin, smax = (4, 6, 8), 0.5, 3.0  # a short range: no float32 cancellation in the check
+    result = sample_tpdm_authors(*priors, ZSRProblem(1), torch.zeros(shape), shape, sigma_min=smin, sigma_max=smax,
+                                 steps=2, K=2, lam=0.0, snr=0.0, generator=torch.Generator().manual_seed(5))
+    x0 = smax * torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    s_end = smin * (smax / smin) ** 1e-5
+    expected = x0 * (1 - (smax**2 - smin**2) / (1 + smax**2)) * (1 - smin**2 / (1 + s_end**2))
+    torch.testing.assert_close(result.x, expected, rtol=1e-4, atol=1e-6)
+    assert result.nfe == 4  # two passes per step

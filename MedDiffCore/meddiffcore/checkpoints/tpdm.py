@@ -145,6 +145,9 @@ class TPDMRelease:
     task_config: dict[str, Any]
 
 
+#: Fast mode for imported pairs: 50 network passes, the priors alternating, 5 CG iterations per step.
+FAST_DEFAULTS = {"steps": 50, "K": 2.0, "cg_iters": 5, "eta": 0.85, "gamma": 0.0}
+
 #: Planes are MedDiff axis strings over a (z, y, x) volume: (slice axis, image rows, image columns).
 RELEASES: dict[str, TPDMRelease] = {
     "aapm": TPDMRelease(
@@ -156,9 +159,9 @@ RELEASES: dict[str, TPDMRelease] = {
             "modality": "ct", "primary_plane": "zyx", "auxiliary_plane": "yxz",
             "intensity": {"unit": "HU", "offset": -1000.0, "scale": 1000.0,
                           "note": "(HU + 1000) / 1000, inferred from the AAPM sample's range (-0.009 .. 1.97)"},
-            "defaults": {"tpdm": {"steps": 2000, "K": 2.7, "lambda": 0.025, "snr": 0.16, "batch": 6,
+            "defaults": {"tpdm": {"sampler": "authors", "steps": 2000, "K": 2.7, "snr": 0.16, "batch": 6,
                                   "lambda_by_views": {"36": 0.025}},
-                         "fast": {"steps": 50, "K": 2.0, "cg_iters": 5, "eta": 0.85, "gamma": 0.0}},
+                         "fast": FAST_DEFAULTS},
         }),
     "bmr": TPDMRelease(
         name="tpdm-bmr",
@@ -170,10 +173,10 @@ RELEASES: dict[str, TPDMRelease] = {
             "intensity": {"unit": "a.u.", "offset": 0.0, "scale": 1.0, "normalize": "percentile99.5",
                           "note": "the authors' MRI normalisation is not published; MedDiff scales the 99.5th "
                                   "percentile to 0.8"},
-            "defaults": {"tpdm": {"steps": 2000, "K": 2.0, "snr": 0.16, "batch": 6,
+            "defaults": {"tpdm": {"sampler": "authors", "steps": 2000, "K": 2.0, "snr": 0.16, "batch": 6,
                                   "lambda_by_factor": {"2": 1.0, "3": 2.0, "4": 3.0, "5": 4.0},
                                   "lambda_by_acceleration": {"8": 0.002, "24": 0.007, "48": 0.01}},
-                         "fast": {"steps": 50, "K": 2.0, "cg_iters": 5, "eta": 0.85, "gamma": 0.0}},
+                         "fast": FAST_DEFAULTS},
         }),
 }
 
@@ -200,7 +203,8 @@ def build_card(release: TPDMRelease, network: NCSNppConfig, schedule: Schedule, 
         network={"architecture": NCSNPP_ARCHITECTURE, **network.to_dict()}, diffusion=to_dict(diffusion),
         task_config={**release.task_config, "image_size": network.image_size, "min_size": network.size_multiple,
                      "conventions": conventions},
-        training={"paper": PAPER, "code": CODE, "weights": "EMA (decay 0.999) of each checkpoint", **source},
+        training={"paper": PAPER, "code": CODE, "released_as": list(release.files),
+                  "weights": "EMA (decay 0.999) of each checkpoint", **source},
     )
 
 

@@ -57,7 +57,7 @@ class WDMRelease:
 def _brats_cwdm(target: str) -> WDMRelease:
     sources = [c for c in BRATS_CONTRASTS if c != target]
     return WDMRelease(
-        name=f"cwdm-{target}", conditional=True, file_name=f"(cWDM {target} generator from huggingface.co/pfriedri/cwdm)",
+        name=f"cwdm-{target}", conditional=True, file_name=f"the {target} generator of huggingface.co/pfriedri/cwdm",
         description=f"cWDM BraTS 2023: synthesises the missing {target} from {', '.join(sources)} "
                     "(224x224x160 at 1 mm; authors' released weights)",
         task_config={
@@ -74,30 +74,24 @@ def _brats_cwdm(target: str) -> WDMRelease:
         })
 
 
+def _unconditional(name: str, file_name: str, data: str, preparation: str) -> WDMRelease:
+    return WDMRelease(
+        name=name, conditional=False, file_name=file_name,
+        description=f"WDM {data}, unconditional 128^3 at 2 mm (authors' released weights, 1.2 M iterations)",
+        task_config={"size": [128, 128, 128], "spacing_mm": [2.0, 2.0, 2.0], "conditional": False,
+                     "intensity_window": [0.0, 1.0], "network_axes": "xyz",
+                     "output": {"unit": f"normalised [0, 1]: {preparation}"}})
+
+
 #: Released models by format and variant.
 RELEASES: dict[str, dict[str, WDMRelease]] = {
     "wdm": {
-        "brats": WDMRelease(
-            name="wdm-brats", conditional=False, file_name="brats_unet_128_1200k.pt",
-            description="WDM BraTS 2023 T1 (t1n), unconditional 128^3 at 2 mm (authors' released weights, 1.2 M "
-                        "iterations)",
-            task_config={
-                "size": [128, 128, 128], "spacing_mm": [2.0, 2.0, 2.0], "conditional": False,
-                "intensity_window": [0.0, 1.0], "network_axes": "xyz",
-                "output": {"unit": "normalised [0, 1]: the authors' per-volume clip to the 0.1-99.9 % quantiles and "
-                                   "min-max; 240x240x155 BraTS volumes zero-padded to 256^3 and average-pooled 2x"},
-            }),
-        "lidc": WDMRelease(
-            name="wdm-lidc", conditional=False, file_name="lidc-idri_unet_128_1200k.pt",
-            description="WDM LIDC-IDRI chest CT, unconditional 128^3 at 2 mm (authors' released weights, 1.2 M "
-                        "iterations)",
-            task_config={
-                "size": [128, 128, 128], "spacing_mm": [2.0, 2.0, 2.0], "conditional": False,
-                "intensity_window": [0.0, 1.0], "network_axes": "xyz",
-                "output": {"unit": "normalised [0, 1]: HU clipped to [-1000, 99.9th percentile of each volume] and "
-                                   "min-max scaled, so not HU; 1 mm resampled, centre-cropped 256^3, "
-                                   "average-pooled 2x"},
-            }),
+        "brats": _unconditional("wdm-brats", "brats_unet_128_1200k.pt", "BraTS 2023 T1 (t1n)",
+                                "the authors' per-volume clip to the 0.1-99.9 % quantiles and min-max; 240x240x155 "
+                                "BraTS volumes zero-padded to 256^3 and average-pooled 2x"),
+        "lidc": _unconditional("wdm-lidc", "lidc-idri_unet_128_1200k.pt", "LIDC-IDRI chest CT",
+                               "HU clipped to [-1000, 99.9th percentile of each volume] and min-max scaled, so not "
+                               "HU; 1 mm resampled, centre-cropped 256^3, average-pooled 2x"),
     },
     "cwdm": {c: _brats_cwdm(c) for c in BRATS_CONTRASTS},
 }
@@ -169,7 +163,7 @@ def build_card(release: WDMRelease, network: UNetConfig, name: str, source: dict
         task_config={**release.task_config, "schedule": diffusion.noise_schedule().to_dict(),
                      "conventions": conventions, "authors_sampler": dict(AUTHORS_SAMPLER)},
         training={"paper": CWDM_PAPER if release.conditional else WDM_PAPER,
-                  "code": CWDM_CODE if release.conditional else WDM_CODE,
+                  "code": CWDM_CODE if release.conditional else WDM_CODE, "released_as": release.file_name,
                   "iterations": 1_200_000, "weights": "raw (the release has no EMA)", **source},
         requirements={"memory_note": "one network evaluation at 128^3 (64^3 subbands) needs ~3 GB on a GPU"},
     )

@@ -45,7 +45,8 @@ class Settings:
     chunk: int
     batch: int = 6
     authors: bool = False
-    """``mode="tpdm"`` with an imported TPDM model: the authors' own sampler (:func:`sample_tpdm_authors`)."""
+    """``mode="tpdm"`` on a model whose card names ``"sampler": "authors"`` (imported TPDM pairs): the
+    authors' own sampler (:func:`~meddiffcore.tasks.recon.tpdm.sample_tpdm_authors`)."""
 
 
 def _number(params: dict, key: str, default, kind=float, lo=None, hi=None):
@@ -94,7 +95,7 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
         eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
         chunk=_number(params, "chunk", 64, int, 1, 100000),
         batch=_number(params, "batch", d.get("batch", 6), int, 1, 100000),
-        authors=mode == "tpdm" and "batch" in d,
+        authors=mode == "tpdm" and d.get("sampler") == "authors",
     )
 
 
