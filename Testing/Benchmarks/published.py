@@ -5,7 +5,7 @@ Networks (released configuration, deterministic weights regenerated from the fix
 outputs are not trivial): WDM's UNet on the 64^3 wavelet grid of a 128^3 volume (57.9 M parameters),
 cWDM's generator on the 112x112x80 grid of a 224x224x160 volume with its 24 condition channels (81.5 M),
 and TPDM's NCSN++ on a batch of 256^2 slices (61.4 M). Each network runs in a fresh process; memory is
-the process's peak RSS on a CPU (weights included) and torch.cuda.max_memory_allocated on a GPU.
+the process's peak RSS during the evaluation on a CPU (weights included) and torch.cuda.max_memory_allocated on a GPU.
 
 Whole-job figures multiply the measured time per evaluation by the evaluations a job needs, network time
 only: WDM/cWDM 1000 ancestral steps (the authors') against 50 DPM-Solver++(2M) steps; TPDM 2000
@@ -20,6 +20,7 @@ back-propagating through the network (counted as 3 forward passes), against fast
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -69,6 +70,25 @@ def _inputs(name: str, slices: int, device: str):
     return (x, torch.full((1,), 500.0, device=device)), kwargs, label
 
 
+def _reset_peak_rss() -> None:
+    """Linux: restart the process's RSS high-water mark (VmHWM), so the peak is the evaluation's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """Peak resident memory in bytes: VmHWM on Linux (since the last reset), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(name: str, device: str, slices: int, repeats: int) -> dict:
     net, torch = _build(name, device)
     args, kwargs, label = _inputs(name, slices, device)
@@ -89,11 +109,13 @@ def measure(name: str, device: str, slices: int, repeats: int) -> dict:
             torch.cuda.synchronize()
         return out, (time.perf_counter() - start) / repeats
 
+    gc.collect()  # the float64 draws that made the weights are gone before memory is measured
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()
     ref, seconds = timed()
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss()
     figures = {"network": name, "input": label, "device": device, "batch": slices if name == "ncsnpp" else 1,
                "parameters": sum(p.numel() for p in net.parameters()), "fp32_s": seconds, "peak_gib": peak / 2**30}
     for dtype, key in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):

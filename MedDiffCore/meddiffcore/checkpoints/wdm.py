@@ -165,7 +165,7 @@ def build_card(release: WDMRelease, network: UNetConfig, name: str, source: dict
         training={"paper": CWDM_PAPER if release.conditional else WDM_PAPER,
                   "code": CWDM_CODE if release.conditional else WDM_CODE, "released_as": release.file_name,
                   "iterations": 1_200_000, "weights": "raw (the release has no EMA)", **source},
-        requirements={"memory_note": "one network evaluation at 128^3 (64^3 subbands) needs ~3 GB on a GPU"},
+        requirements={} if release.conditional else {"gpu_memory_reported": "2.55 GB for sampling at 128^3 (paper)"},
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoints import FORMATS
 from .common import parse_params
 
 EPILOG = """examples:
@@ -28,7 +29,7 @@ def add_import_checkpoint(models_sub) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="FILE",
                    help="the .pt file (WDM, cWDM), or the primary then the auxiliary checkpoint.pth (TPDM)")
-    p.add_argument("--format", required=True, choices=["wdm", "cwdm", "tpdm"], dest="fmt")
+    p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     p.add_argument("--variant", default=None,
                    help="wdm: brats | lidc; cwdm: the synthesised contrast t1n | t1c | t2w | t2f; tpdm: aapm | bmr "
                         "(guessed from the file names when they say it)")

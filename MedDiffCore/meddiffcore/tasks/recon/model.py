@@ -148,7 +148,8 @@ def load_recon_model(ref: str, device: torch.device | str = "cpu") -> ReconModel
         pair.load_state_dict(tensors, strict=True)
     except Exception as exc:  # config or key mismatch: the model does not fit this code
         raise ModelError(f"model '{card.name}' is not a valid recon prior pair: {exc}",
-                         "re-export it with `meddiff train` from a recon config") from exc
+                         "re-export it with `meddiff train` from a recon config, or re-import a published pair "
+                         "with `meddiff models import-checkpoint --format tpdm`") from exc
     pair = pair.to(device).eval().requires_grad_(False)
     return ReconModel(card=card, pair=pair, diffusion=diffusion, primary_plane=tc["primary_plane"],
                       auxiliary_plane=tc["auxiliary_plane"], modality=tc["modality"], intensity=tc["intensity"],
