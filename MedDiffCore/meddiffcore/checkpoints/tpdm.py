@@ -27,8 +27,8 @@ from ..nets.attention import AttentionBlock
 from ..nets.ncsnpp import FIRConvDownsample, NCSNpp, NCSNppConfig, ResBlockPP
 from .container import check_tensors, load_container, require_mapping
 
-PAPER = ("Lee, Chung, Park, Ye, Kim. Improving 3D Imaging with Pre-Trained Perpendicular 2D Diffusion Models. "
-         "ICCV 2023")
+PAPER = ("Lee, Chung, Park, Park, Ryu, Ye. Improving 3D Imaging with Pre-Trained Perpendicular 2D Diffusion "
+         "Models. ICCV 2023 (arXiv:2303.08440)")
 CODE = "https://github.com/hyn2028/tpdm (5927141)"
 PREFIX = "module."
 

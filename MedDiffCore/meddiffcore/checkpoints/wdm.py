@@ -26,7 +26,7 @@ from ..tasks.wdm.config import WDMDiffusionConfig, wdm_network
 from .container import check_tensors, load_container, require_mapping
 
 WDM_PAPER = ("Friedrich, Wolleb, Bieder, Durrer, Cattin. WDM: 3D Wavelet Diffusion Models for High-Resolution "
-             "Medical Image Synthesis. DGM4MICCAI 2024")
+             "Medical Image Synthesis. MICCAI Workshop on Deep Generative Models 2024 (arXiv:2402.19043)")
 CWDM_PAPER = ("Friedrich, Durrer, Wolleb, Cattin. cWDM: Conditional Wavelet Diffusion Models for Cross-Modality "
               "3D Medical Image Synthesis. arXiv:2411.17203 (2024)")
 WDM_CODE = "https://github.com/pfriedri/wdm-3d (a93a7ef)"
