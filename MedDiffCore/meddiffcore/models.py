@@ -212,3 +212,30 @@ def import_model(path: str | os.PathLike) -> ModelFiles:
         Path(tmp).write_text(dataclasses.replace(card, weights=new_weights.name).to_json(), encoding="utf-8")
     verify_model(ModelFiles(new_card, new_weights))
     return ModelFiles(new_card, new_weights)
+
+
+def save_model_together(folder: str | os.PathLike, card: ModelCard, tensors: dict, *,
+                        replace: bool = False) -> ModelFiles:
+    """Like :func:`save_model`, but the two files appear together or not at all (one folder move), and an
+    existing model of the same name is kept unless ``replace``: for imports, where a failure half-way
+    must leave nothing behind and an earlier import must not be overwritten by accident."""
+    from safetensors.torch import save_file
+
+    from .io.atomic import atomic_outputs
+
+    folder = Path(folder)
+    weights_path, card_path = folder / f"{card.name}.safetensors", folder / f"{card.name}.json"
+    existing = [p for p in (weights_path, card_path) if p.exists()]
+    if existing and not replace:
+        raise ModelError(f"a model named '{card.name}' already exists in '{folder}'",
+                         "give another --name, or --replace to overwrite it")
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs([weights_path, card_path]) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / weights_path.name),
+                  metadata={"name": card.name, "task": card.task})
+        card = dataclasses.replace(
+            card, weights=weights_path.name, sha256=sha256_file(tmp / weights_path.name),
+            created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            meddiffcore_version=__version__)
+        (tmp / card_path.name).write_text(card.to_json(), encoding="utf-8")
+    return ModelFiles(card_path=card_path, weights_path=weights_path)

@@ -25,6 +25,9 @@ def register(subparsers, groups) -> None:
     verify = models_sub.add_parser("verify", help="check models' weights against the sha256 in their cards")
     verify.add_argument("names", nargs="*", help="model names or paths (default: all installed)")
     verify.set_defaults(handler=_models_verify)
+    from .checkpoints import add_import_checkpoint
+
+    add_import_checkpoint(models_sub)
 
     run = subparsers.add_parser("run", help="run a job file in this process (what the engine worker runs)")
     run.add_argument("job", help="JOB.json")

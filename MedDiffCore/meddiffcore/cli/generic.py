@@ -17,8 +17,12 @@ def register(subparsers, groups) -> None:
     parser.add_argument("--out", required=True, help="output file (.nii.gz, .nrrd, .mha); with --samples K > 1, _01.._K is added")
     parser.add_argument("--samples", type=int, default=1, help="how many to generate")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's)")
-    parser.add_argument("--sampler", default=None, help="ancestral, ddim, dpmpp_2m, euler, heun (default: the model card's)")
-    parser.add_argument("--condition", default=None, help="condition volume, for conditional models")
+    parser.add_argument("--sampler", default=None,
+                        help="ancestral, ddim, dpmpp_2m, dpmpp_3m, euler, heun, or authors (an imported model's "
+                             "published sampler); default: the model card's")
+    parser.add_argument("--condition", action="append", default=[], metavar="[NAME=]VOLUME",
+                        help="condition volume of a conditional model; an imported cWDM model takes its three "
+                             "source contrasts by name, e.g. --condition t1n=T1.nii.gz (repeat per contrast)")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel spacing in mm of the output")
     parser.add_argument("--preview", default=None, help="also write a PNG preview here")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra task parameter (repeatable)")
@@ -47,7 +51,19 @@ def _generate(args: argparse.Namespace) -> int:
     outputs = {"volume": args.out}
     if args.preview:
         outputs["preview"] = args.preview
-    inputs = {"condition": args.condition} if args.condition else {}
+    inputs = condition_inputs(args.condition)
     job = Job(task=f"{card.task}.generate", inputs=inputs, outputs=outputs, model=args.model, params=params,
               device=args.device, seed=args.seed)
     return execute(job, args)
+
+
+def condition_inputs(items: list[str]) -> dict[str, str]:
+    """``--condition`` values as job inputs: ``VOLUME`` -> ``{"condition": VOLUME}``, ``NAME=VOLUME`` -> ``{NAME: VOLUME}``."""
+    inputs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and name.isidentifier():
+            inputs[name] = path
+        else:
+            inputs["condition"] = item
+    return inputs

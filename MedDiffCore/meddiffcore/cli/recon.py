@@ -24,7 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="prior alternation: integer K = K-1 primary steps then 1 auxiliary; fractional K = primary with "
                         "probability 1-1/K (defaults: tpdm 2.7 as the seed, fast 2)")
     p.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="DPS weight on primary steps (tpdm mode), in units of 1/||A^T A|| (default 1)")
+                   help="DPS weight on primary steps (tpdm mode), in units of 1/||A^T A|| (default 1); for an "
+                        "imported TPDM model the authors' raw weight (default: theirs for the views, factor or "
+                        "acceleration)")
     p.add_argument("--cg-iters", type=int, default=None, help="CG data-consistency iterations per step (fast mode, default 5)")
     p.add_argument("--chunk", type=int, default=None, help="slices per network call (memory)")
     add_job_options(p)

@@ -108,6 +108,10 @@ def ancestral_variances(s: float, sn: float) -> tuple[float, float]:
     return sn * sn * d / (s * s), d * (1 + sn * sn) / (1 + s * s)
 
 
+#: Fixed reverse-step variances of :func:`sample_ancestral`: the posterior's (small) or beta's (large).
+ANCESTRAL_VARIANCES = ("small", "large")
+
+
 @torch.no_grad()
 def sample_ancestral(
     denoiser: Callable[..., Tensor],
@@ -116,16 +120,21 @@ def sample_ancestral(
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
     cond: Mapping[str, Tensor] | None = None,
+    variance: str = "small",
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020) in sigma space, respacing-aware.
 
     Each step draws ``x' ~ N(x0 + (sn^2/s^2)(x - x0), var)`` with
     ``var = sn^2 (s^2 - sn^2)/s^2`` (the posterior ``beta_tilde``, see
-    :func:`ancestral_variances`). A learned-range variance model
+    :func:`ancestral_variances`), or with ``variance="large"`` the upper bound
+    ``beta / ab'`` (DDPM's fixed-large ``sigma_t^2 = beta_t``, guided-diffusion's
+    ``fixedlarge``, which WDM samples with). A learned-range variance model
     (``predict(...).var_interp = f``) uses
     ``log var = f log(upper) + (1 - f) log(lower)``. The step to ``sn = 0``
     returns the denoised estimate without noise.
     """
+    if variance not in ANCESTRAL_VARIANCES:
+        raise ConfigError(f"Unknown ancestral variance {variance!r}.", f"Use one of {', '.join(ANCESTRAL_VARIANCES)}.")
     steps = _steps(sigmas)
     for i, s, sn in steps:
         _check_descending(s, sn, "sample_ancestral")
@@ -137,7 +146,7 @@ def sample_ancestral(
         mean = out.x0 + (sn * sn / (s * s)) * (x - out.x0)
         lo, hi = ancestral_variances(s, sn)
         if out.var_interp is None:
-            std = math.sqrt(lo)
+            std = math.sqrt(lo if variance == "small" else hi)
             x = mean + std * noise_like(x, generator)
         else:
             f = out.var_interp.to(x.dtype)

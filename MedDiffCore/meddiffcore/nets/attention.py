@@ -24,13 +24,16 @@ class AttentionBlock(nn.Module):
     """Residual self-attention: ``x + proj(SDPA(qkv(norm(x))))`` with a zero-initialised ``proj``.
 
     Works for (B, C, H, W) and (B, C, D, H, W) alike: the spatial axes are flattened to
-    a token axis of length H*W (or D*H*W).
+    a token axis of length H*W (or D*H*W). ``norm_eps`` and ``skip_rescale`` (the sum
+    divided by sqrt 2) give NCSN++'s variant of the block.
     """
 
-    def __init__(self, channels: int, head_channels: int = 64, norm_groups: int = 32) -> None:
+    def __init__(self, channels: int, head_channels: int = 64, norm_groups: int = 32, *, norm_eps: float = 1e-5,
+                 skip_rescale: bool = False) -> None:
         super().__init__()
         self.heads = head_count(channels, head_channels)
-        self.norm = normalization(channels, norm_groups)
+        self.norm = normalization(channels, norm_groups, eps=norm_eps)
+        self.out_scale = 2.0 ** -0.5 if skip_rescale else 1.0
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_module(nn.Linear(channels, channels))
 
@@ -40,4 +43,5 @@ class AttentionBlock(nn.Module):
         q, k, v = self.qkv(tokens).reshape(b, -1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
         out = self.proj(out.transpose(1, 2).reshape(b, -1, c))
-        return x + out.transpose(1, 2).reshape(b, c, *spatial).to(x.dtype)
+        out = x + out.transpose(1, 2).reshape(b, c, *spatial).to(x.dtype)
+        return out * self.out_scale if self.out_scale != 1.0 else out

@@ -94,9 +94,9 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
-def normalization(channels: int, groups: int = 32, affine: bool = True) -> GroupNorm32:
-    """fp32 GroupNorm with the group count clamped to divide ``channels``."""
-    return GroupNorm32(group_count(channels, groups), channels, affine=affine)
+def normalization(channels: int, groups: int = 32, affine: bool = True, eps: float = 1e-5) -> GroupNorm32:
+    """fp32 GroupNorm with the group count clamped to divide ``channels`` (``eps``: NCSN++ uses 1e-6)."""
+    return GroupNorm32(group_count(channels, groups), channels, eps=eps, affine=affine)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ...diffusion import NoiseSchedule, VEDenoiser, VPDenoiser, cosine_schedule, ve_geometric_schedule
-from ...errors import ModelError
+from ...errors import ConfigError, ModelError
 from ...models import ModelCard
 from ...nets import UNet, UNetConfig
+from ...nets.ncsnpp import NCSNpp, NCSNppConfig
 from .config import DiffusionConfig
 
 
@@ -40,13 +41,31 @@ class VENet(nn.Module):
         return self.unet(x * (self.sigma_data**2 + s**2).rsqrt(), t)
 
 
+#: ``card.network["architecture"]`` of a pair of NCSN++ score networks (imported TPDM priors); cards
+#: without the key hold a UNet config.
+NCSNPP_ARCHITECTURE = "ncsnpp"
+
+
+def network_config(network: dict[str, Any]) -> UNetConfig | NCSNppConfig:
+    """The priors' architecture from a card's ``network`` section: a UNet, or NCSN++ for imported TPDM models."""
+    from ...config import from_dict
+
+    if network.get("architecture") == NCSNPP_ARCHITECTURE:
+        return NCSNppConfig.from_dict({k: v for k, v in network.items() if k != "architecture"})
+    return from_dict(UNetConfig, network, "network")
+
+
 class PriorPair(nn.Module):
     """``primary`` and ``auxiliary`` networks; each maps ``(x, t) -> out`` for its denoiser."""
 
-    def __init__(self, network: UNetConfig, diffusion: DiffusionConfig) -> None:
+    def __init__(self, network: UNetConfig | NCSNppConfig, diffusion: DiffusionConfig) -> None:
         super().__init__()
         self.diffusion = diffusion
-        if diffusion.parameterization == "ve":
+        if isinstance(network, NCSNppConfig):
+            if diffusion.parameterization != "ve":
+                raise ConfigError("NCSN++ priors are VE score networks", "set diffusion.parameterization = 've'")
+            self.primary, self.auxiliary = NCSNpp(network), NCSNpp(network)
+        elif diffusion.parameterization == "ve":
             self.primary = VENet(UNet(network), diffusion.sigma_min, diffusion.sigma_max)
             self.auxiliary = VENet(UNet(network), diffusion.sigma_min, diffusion.sigma_max)
         else:
@@ -62,6 +81,8 @@ def schedule_for(diffusion: DiffusionConfig) -> NoiseSchedule:
 
 def denoiser_for(net: nn.Module, diffusion: DiffusionConfig):
     """The sigma-space denoiser ``D(x, sigma) -> x0`` of one prior."""
+    if isinstance(net, NCSNpp):  # its output is the score itself
+        return VEDenoiser(net, score_scaling="direct")
     if diffusion.parameterization == "ve":
         return VEDenoiser(net, score_scaling="divide_by_sigma")
     return VPDenoiser(net, schedule_for(diffusion), prediction="eps")
@@ -94,7 +115,8 @@ class ReconModel:
 
     @property
     def size_multiple(self) -> int:
-        return max(UNetConfig.from_dict(self.card.network).size_multiple)
+        multiple = network_config(self.card.network).size_multiple
+        return max(multiple) if isinstance(multiple, tuple) else multiple
 
     def sigma_range(self) -> tuple[float, float]:
         s = self.schedule
@@ -119,14 +141,15 @@ def load_recon_model(ref: str, device: torch.device | str = "cpu") -> ReconModel
 
     card, tensors = load_model(ref, task="recon", device="cpu")
     try:
-        network = from_dict(UNetConfig, card.network, "network")
+        network = network_config(card.network)
         diffusion = from_dict(DiffusionConfig, card.diffusion, "diffusion")
         tc = card.task_config
         pair = PriorPair(network, diffusion)
         pair.load_state_dict(tensors, strict=True)
     except Exception as exc:  # config or key mismatch: the model does not fit this code
         raise ModelError(f"model '{card.name}' is not a valid recon prior pair: {exc}",
-                         "re-export it with `meddiff train` from a recon config") from exc
+                         "re-export it with `meddiff train` from a recon config, or re-import a published pair "
+                         "with `meddiff models import-checkpoint --format tpdm`") from exc
     pair = pair.to(device).eval().requires_grad_(False)
     return ReconModel(card=card, pair=pair, diffusion=diffusion, primary_plane=tc["primary_plane"],
                       auxiliary_plane=tc["auxiliary_plane"], modality=tc["modality"], intensity=tc["intensity"],

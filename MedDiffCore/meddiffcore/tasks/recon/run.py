@@ -43,6 +43,10 @@ class Settings:
     gamma: float
     eta: float
     chunk: int
+    batch: int = 6
+    authors: bool = False
+    """``mode="tpdm"`` on a model whose card names ``"sampler": "authors"`` (imported TPDM pairs): the
+    authors' own sampler (:func:`~meddiffcore.tasks.recon.tpdm.sample_tpdm_authors`)."""
 
 
 def _number(params: dict, key: str, default, kind=float, lo=None, hi=None):
@@ -58,21 +62,40 @@ def _number(params: dict, key: str, default, kind=float, lo=None, hi=None):
     return value
 
 
-def settings_from(params: dict, card_defaults: dict) -> Settings:
+def _default_lambda(d: dict, lookup: tuple[str, Any] | None) -> float:
+    """The card's lambda; an imported model's authors give one per measurement setting
+    (``lambda_by_views``, ``lambda_by_factor``, ``lambda_by_acceleration``), looked up with ``lookup``."""
+    if lookup is not None and f"lambda_by_{lookup[0]}" in d:
+        table = d[f"lambda_by_{lookup[0]}"]
+        key = str(int(lookup[1])) if float(lookup[1]).is_integer() else str(lookup[1])
+        if key not in table:
+            raise ConfigError(f"the model's authors give no DPS weight for {lookup[0]} {lookup[1]} "
+                              f"(they give one for {', '.join(table)})",
+                              "pass --lambda (tuned per problem; the authors' weights are a starting point)")
+        return float(table[key])
+    return d.get("lambda", 1.0)
+
+
+def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | None = None) -> Settings:
+    """Sampler settings from the job's parameters over the card's defaults; ``lookup`` (e.g.
+    ``("factor", 4)``) picks an imported model's per-setting DPS weight."""
     mode = params.get("mode", "fast")
     if mode not in MODES:
         raise ConfigError(f"unknown mode '{mode}'", "use --mode tpdm (the seed's sampler) or --mode fast (DDS-style)")
     d = card_defaults.get(mode, {})
+    lam_default = _default_lambda(d, lookup) if mode == "tpdm" and "lambda" not in params else d.get("lambda", 1.0)
     return Settings(
         mode=mode,
         steps=_number(params, "steps", d.get("steps", 1000 if mode == "tpdm" else 50), int, 1, 100000),
         K=_number(params, "K", d.get("K", 2.7 if mode == "tpdm" else 2.0), float, 1.0, 1000.0),
-        lam=_number(params, "lambda", d.get("lambda", 1.0), float, 0.0, 1000.0),
+        lam=_number(params, "lambda", lam_default, float, 0.0, 1000.0),
         snr=_number(params, "snr", d.get("snr", 0.16), float, 0.0, 10.0),
         cg_iters=_number(params, "cg_iters", d.get("cg_iters", 5), int, 0, 1000),
         gamma=_number(params, "gamma", d.get("gamma", 0.0), float, 0.0, 1e6),
         eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
         chunk=_number(params, "chunk", 64, int, 1, 100000),
+        batch=_number(params, "batch", d.get("batch", 6), int, 1, 100000),
+        authors=mode == "tpdm" and d.get("sampler") == "authors",
     )
 
 
@@ -128,7 +151,7 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
     from .fast import sample_fast
     from .priors import VolumePrior
     from .problems import operator_norm
-    from .tpdm import geometric_sigmas, sample_tpdm
+    from .tpdm import geometric_sigmas, sample_tpdm, sample_tpdm_authors
 
     primary = VolumePrior(model.primary, model.primary_plane, model.size_multiple, s.chunk)
     auxiliary = VolumePrior(model.auxiliary, model.auxiliary_plane, model.size_multiple, s.chunk)
@@ -136,7 +159,12 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
     gen = _generator(job, device)
     callback = reporter.step_callback("reconstruction")
     reporter.log(f"{s.mode} reconstruction of a {'x'.join(map(str, shape))} volume, {s.steps} steps, K={s.K}, on {device}")
-    if s.mode == "tpdm":
+    if s.authors:
+        reporter.log("the authors' TPDM sampler: x_mean carried, DPS on the residual norm with their weight")
+        result = sample_tpdm_authors(primary, auxiliary, problem, y, shape, sigma_min=sig_min, sigma_max=sig_max,
+                                     steps=s.steps, K=s.K, lam=s.lam, snr=s.snr, batch=s.batch, generator=gen,
+                                     callback=callback)
+    elif s.mode == "tpdm":
         lip = operator_norm(problem, shape, device)
         result = sample_tpdm(primary, auxiliary, problem, y, shape, geometric_sigmas(sig_max, sig_min, s.steps), K=s.K,
                              lam=s.lam, lipschitz=lip, snr=s.snr, generator=gen, callback=callback)
@@ -237,13 +265,14 @@ def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
     out, base_out = _outputs(job)
     device = resolve_device(job.device)
     model = _load(job, "ct", device)
-    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    settings_from(job.params, {})  # a bad mode or number fails before any input is read
     filt = job.params.get("filter", "ramp")
     from ...physics import FILTERS
 
     if filt not in FILTERS:
         raise ConfigError(f"unknown FBP filter '{filt}'", f"use one of {', '.join(FILTERS)}")
     problem, y, shape, template, _ = ct_problem_from_job(job, model, device)
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("views", len(problem.beam.angles_deg)))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     tc = model.intensity
     to_hu = lambda t: (t.detach().cpu().numpy() * tc["scale"] + tc["offset"]).astype(np.float32)  # noqa: E731
@@ -345,8 +374,11 @@ def run_mri(job: Job, reporter: Reporter) -> dict[str, str]:
     out, base_out = _outputs(job)
     device = resolve_device(job.device)
     model = _load(job, "mri", device)
-    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    settings_from(job.params, {})
     problem, y, shape, template, scale = mri_problem_from_job(job, model, device)
+    acceleration = (job.params.get("acceleration", 8.0) if "volume" in job.inputs
+                    else round(1.0 / max(float(problem.mask.float().mean()), 1e-6)))
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("acceleration", acceleration))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
@@ -402,8 +434,9 @@ def run_zsr(job: Job, reporter: Reporter) -> dict[str, str]:
         raise ConfigError("a ZSR job needs input 'volume'", "use --volume THICK.nii.gz")
     device = resolve_device(job.device)
     model = _load(job, "zsr", device)
-    s = settings_from(job.params, model.card.task_config.get("defaults", {}))
+    settings_from(job.params, {})
     problem, y, shape, template, scale, _ = zsr_problem_from_job(job, model, device)
+    s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("factor", problem.factor))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]

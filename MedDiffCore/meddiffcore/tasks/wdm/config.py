@@ -12,14 +12,19 @@ from ...train import TrainConfig
 NAME = "wdm"
 
 
-def wdm_network(volume_size: int, conditional_volumes: int = 0, base_channels: int = 64) -> UNetConfig:
-    """The seed's UNet for a cubic volume of ``volume_size`` voxels per side.
+def wdm_network(volume_size: int, conditional_volumes: int = 0, base_channels: int = 64,
+                skip_mode: str = "add") -> UNetConfig:
+    """The seed's UNet (guided-diffusion's ``UNetModel`` with WDM's flags) for a cubic volume of
+    ``volume_size`` voxels per side.
 
     8 subband channels in and out at half resolution, 2 res blocks per level, no
-    attention, additive skips ``(h + skip) / 2``; channel multipliers (1, 2, 2, 4, 4)
-    at 128^3 and (1, 2, 2, 4, 4, 4) at 256^3 (64^3: (1, 2, 2, 4)), so the bottleneck
-    is 4^3 subband voxels in every preset. ``conditional_volumes`` condition
-    volumes (cWDM) add 8 channels each.
+    attention, residual blocks that down-sample by average pooling and up-sample by
+    nearest neighbour (``resblock_updown``), the time embedding added (no scale-shift);
+    channel multipliers (1, 2, 2, 4, 4) at 128^3 and (1, 2, 2, 4, 4, 4) at 256^3
+    (64^3: (1, 2, 2, 4)), so the bottleneck is 4^3 subband voxels in every preset.
+    WDM merges skips additively, ``(h + skip) / 2``; cWDM concatenates them
+    (``skip_mode="concat"``) and uses the 128 preset for its 224x224x160 volumes.
+    ``conditional_volumes`` condition volumes (cWDM: 3) add 8 channels each.
     """
     mults = {64: (1, 2, 2, 4), 128: (1, 2, 2, 4, 4), 256: (1, 2, 2, 4, 4, 4)}
     if volume_size not in mults:
@@ -28,7 +33,8 @@ def wdm_network(volume_size: int, conditional_volumes: int = 0, base_channels: i
         raise ConfigError(f"no WDM preset for {volume_size}^3", "presets exist for 64, 128 and 256")
     return UNetConfig(spatial_dims=3, in_channels=8, out_channels=8, cond_channels=8 * conditional_volumes,
                       base_channels=base_channels, channel_mult=mults[volume_size], num_res_blocks=2,
-                      attention_levels=(), middle_attention=False, skip_mode="add")
+                      attention_levels=(), middle_attention=False, skip_mode=skip_mode, resblock_updown=True,
+                      use_scale_shift_norm=False)
 
 
 @dataclass
@@ -39,9 +45,15 @@ class WDMDiffusionConfig:
     lll_scale: float = 1.0 / 3.0
     """The LLL subband is divided by 3 (multiplied by this) so all subbands lie in about [-1, 1]."""
     clip: bool = True
-    """Clip each x0 estimate in image space: IDWT -> clamp to [-1, 1] -> DWT."""
+    """Clip each x0 estimate in image space: IDWT -> clamp to ``clip_range`` -> DWT."""
+    clip_range: tuple[float, float] = (-1.0, 1.0)
+    """Image range of the model (the seed's WDM: [-1, 1]; cWDM: [0, 1])."""
     sampler: str = "ancestral"
     sampling_steps: int = 100
+    spacing: str | None = None
+    """Sigma spacing of the sampling steps (``NoiseSchedule.sampling_sigmas``); None: the default."""
+    variance: str = "small"
+    """Ancestral sampler's fixed variance: "small" (posterior) or "large" (beta_t, as the seed samples)."""
 
     def noise_schedule(self) -> NoiseSchedule:
         return linear_schedule(self.num_timesteps)

@@ -47,7 +47,7 @@ class WaveletDenoiser:
         self.scaling = WaveletScaling(diffusion.lll_scale)
         self.schedule = diffusion.noise_schedule()
         base = VPDenoiser(net, self.schedule, prediction="x0")
-        self.denoiser = TransformX0(base, image_clip(self.scaling)) if diffusion.clip else base
+        self.denoiser = TransformX0(base, image_clip(self.scaling, *diffusion.clip_range)) if diffusion.clip else base
 
     def predict(self, x: Tensor, sigma: Tensor, **cond: Tensor):
         from ...diffusion import predict
@@ -77,14 +77,19 @@ def training_loss(net: UNet, diffusion: WDMDiffusionConfig, image: Tensor, condi
 def generate(net: UNet, diffusion: WDMDiffusionConfig, size: tuple[int, int, int], samples: int, *,
              condition: Tensor | None = None, steps: int | None = None, sampler: str | None = None,
              generator: torch.Generator | None = None, callback=None) -> Tensor:
-    """Sample ``samples`` volumes (B, 1, D, H, W) in [-1, 1]; ``condition`` (B, K, D, H, W) for cWDM."""
+    """Sample ``samples`` volumes (B, 1, D, H, W) in ``diffusion.clip_range`` ([-1, 1] unless the model
+    says otherwise); ``condition`` (B, K, D, H, W) for cWDM (K condition volumes, each becomes 8
+    subband channels). The ancestral sampler uses ``diffusion.variance``; the steps are spaced by
+    ``diffusion.spacing``."""
     device = next(net.parameters()).device
     denoiser = WaveletDenoiser(net, diffusion)
-    sigmas = diffusion.noise_schedule().sampling_sigmas(steps or diffusion.sampling_steps).to(device)
+    sigmas = diffusion.noise_schedule().sampling_sigmas(steps or diffusion.sampling_steps, diffusion.spacing)
+    sigmas = sigmas.to(device)
     shape = (samples, net.config.out_channels, *(n // 2 for n in size))
     x = initial_noise(shape, sigmas, generator, device=device)
     cond = None if condition is None else {"concat": denoiser.scaling(condition.to(device))}
-    coeffs = get_sampler(sampler or diffusion.sampler)(denoiser, x, sigmas, callback=callback, generator=generator,
-                                                       cond=cond)
+    name = sampler or diffusion.sampler
+    options = {"variance": diffusion.variance} if name == "ancestral" else {}
+    coeffs = get_sampler(name)(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond, **options)
     image = denoiser.scaling.inverse(coeffs)
-    return image.clamp(-1.0, 1.0) if diffusion.clip else image
+    return image.clamp(*diffusion.clip_range) if diffusion.clip else image

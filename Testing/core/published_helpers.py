@@ -1,0 +1,55 @@
+"""The published-model fixtures (Testing/data/published) and the deterministic-weight rule they were made with."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "published"
+WDM, TPDM = DATA / "wdm", DATA / "tpdm"
+
+#: --set options that describe the tiny fixture checkpoints (all else is the released configuration).
+WDM_TINY = {"base_channels": 8, "channel_mult": [1, 2, 2], "norm_groups": 4}
+TPDM_TINY = {"base_channels": 8, "num_res_blocks": 1}
+
+
+def as_set_options(fields: dict) -> list[str]:
+    return [item for key, value in fields.items() for item in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def det_tensor(name: str, shape, seed: int = 0) -> torch.Tensor:
+    """The fixtures' deterministic weight of parameter ``name`` (see data/published/README.md)."""
+    gen = torch.Generator().manual_seed((zlib.crc32(name.encode("utf-8")) + seed) % (2**63))
+    v = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
+    if len(shape) >= 2:
+        v = v / math.sqrt(float(np.prod(shape[1:])))
+    elif name.endswith("weight"):
+        v = 1.0 + 0.1 * v
+    else:
+        v = 0.1 * v
+    return v.float()
+
+
+def manifest(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def det_parameters(manifest_path: Path) -> dict[str, torch.Tensor]:
+    """Every parameter of a manifest, filled with the fixtures' deterministic weights (seed 0)."""
+    return {e["key"]: det_tensor(e["key"], e["shape"]) for e in manifest(manifest_path)["state_dict"]
+            if e["kind"] == "param"}
+
+
+def assert_parity(out: torch.Tensor, ref, what: str) -> float:
+    """The issue's criterion: allclose(rtol=1e-4, atol=1e-5 max|ref|) in float32; returns the max abs error."""
+    ref = torch.as_tensor(np.asarray(ref))
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} vs {tuple(ref.shape)}"
+    atol = 1e-5 * float(ref.abs().max())
+    err = float((out.float() - ref.float()).abs().max())
+    assert torch.allclose(out.float(), ref.float(), rtol=1e-4, atol=atol), f"{what}: max abs error {err:.3g} (atol {atol:.3g})"
+    return err

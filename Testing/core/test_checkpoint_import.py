@@ -1,0 +1,118 @@
+"""`meddiff models import-checkpoint`: the authors' files become normal MedDiff models, or are refused
+with a message naming the problem, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from meddiffcore.cli import main as cli_main
+from meddiffcore.errors import EXIT_STATUS, ErrorCode
+from meddiffcore.models import find_model, list_models, sha256_file, verify_model
+from published_helpers import TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options
+
+WDM_FILE = WDM / "wdm_tiny_brats_1200000.pt"
+TPDM_FILE = TPDM / "tpdm_tiny_checkpoint.pth"
+
+
+def _import(*args: str) -> int:
+    return cli_main(["models", "import-checkpoint", *args])
+
+
+def _nothing_written(home: Path) -> bool:
+    folder = home / "models"
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def test_wdm_checkpoint_becomes_a_verified_model_whose_card_records_source_and_conventions(meddiff_home, capsys):
+    assert _import("--format", "wdm", str(WDM_FILE), *as_set_options(WDM_TINY)) == 0
+    assert "imported wdm-brats" in capsys.readouterr().out  # variant guessed from the file name
+    card = verify_model(find_model("wdm-brats"))
+    assert card.task == "wdm" and "wdm-brats" in [c.name for c in list_models()]
+    assert card.training["source_sha256"] == [sha256_file(WDM_FILE)]
+    assert card.training["source_files"] == [WDM_FILE.name] and "WDM" in card.training["paper"]
+    assert card.task_config["authors_sampler"] == {"sampler": "ancestral", "steps": 1000, "spacing": "uniform",
+                                                   "variance": "large"}
+    assert card.diffusion["sampling_steps"] <= 50 and card.task_config["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert card.task_config["conventions"]["parameterisation"].startswith("x0")
+    assert card.network["base_channels"] == 8 and card.network["skip_mode"] == "add"
+    assert (meddiff_home / "models" / "wdm-brats.safetensors").parent == find_model("wdm-brats").card_path.parent
+
+
+def test_tpdm_pair_becomes_one_recon_model_with_the_schedule_read_from_the_sigma_table(meddiff_home, tmp_path):
+    out = tmp_path / "my-models"
+    assert _import("--format", "tpdm", "--variant", "bmr", str(TPDM_FILE), str(TPDM_FILE), "--name", "bmr_tiny",
+                   "--out-dir", str(out), *as_set_options(TPDM_TINY)) == 0
+    card = verify_model(find_model(out / "bmr_tiny.json"))
+    assert card.task == "recon" and card.network["architecture"] == "ncsnpp"
+    assert (card.diffusion["sigma_min"], card.diffusion["sigma_max"], card.diffusion["num_timesteps"]) == \
+        pytest.approx((0.01, 378.0, 2000))
+    assert card.training["source_sha256"] == [sha256_file(TPDM_FILE)] * 2 and card.training["primary_step"] == 123
+    assert card.task_config["primary_plane"] == "xyz" and card.task_config["defaults"]["tpdm"]["steps"] == 2000
+    assert _nothing_written(meddiff_home)  # only the folder the user named
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_file_that_would_run_code_is_refused(meddiff_home, tmp_path, capsys):
+    unsafe = tmp_path / "brats_unet_128_1200k.pt"
+    torch.save({"time_embed.0.weight": torch.zeros(2), "payload": _NotATensor()}, unsafe)
+    assert _import("--format", "wdm", str(unsafe)) == EXIT_STATUS[ErrorCode.MODEL]
+    err = capsys.readouterr().err
+    assert "not a plain tensor file" in err and "weights_only=True" in err
+    assert _nothing_written(meddiff_home)
+
+
+def test_a_checkpoint_of_another_configuration_names_the_first_mismatches(meddiff_home, capsys):
+    assert _import("--format", "wdm", str(WDM_FILE)) == EXIT_STATUS[ErrorCode.MODEL]  # released config expected
+    err = capsys.readouterr().err
+    assert "time_embed.0.weight has shape [32, 8], this WDM UNet needs [256, 64]" in err and "more)" in err
+    assert "--set" in err and _nothing_written(meddiff_home)
+
+
+def test_a_tpdm_file_is_not_taken_for_wdm_and_a_truncated_file_is_refused(meddiff_home, tmp_path, capsys):
+    assert _import("--format", "wdm", "--variant", "lidc", str(TPDM_FILE)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "holds none of the tensors of this WDM UNet (its keys: 'optimizer', 'model'" in capsys.readouterr().err
+    truncated = tmp_path / "lidc.pt"
+    truncated.write_bytes(WDM_FILE.read_bytes()[:5000])
+    assert _import("--format", "wdm", str(truncated)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "cannot be read as a PyTorch file" in capsys.readouterr().err
+    assert _nothing_written(meddiff_home)
+
+
+def test_an_ema_list_that_does_not_fit_and_mismatched_pairs_are_refused(meddiff_home, tmp_path, capsys):
+    container = torch.load(TPDM_FILE, weights_only=True)
+    container["ema"]["shadow_params"] = container["ema"]["shadow_params"][:-1]
+    short = tmp_path / "short.pth"
+    torch.save(container, short)
+    args = ["--format", "tpdm", "--variant", "aapm", *as_set_options(TPDM_TINY)]
+    assert _import(*args, str(short), str(TPDM_FILE)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "the EMA holds 255 tensors, this NCSN++ has 256" in capsys.readouterr().err
+    container = torch.load(TPDM_FILE, weights_only=True)
+    container["model"]["module.sigmas"] = torch.exp(torch.linspace(6.0, -4.0, 2000, dtype=torch.float64))
+    other = tmp_path / "other.pth"
+    torch.save(container, other)
+    assert _import(*args, str(TPDM_FILE), str(other)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "different noise tables" in capsys.readouterr().err
+    assert _import(*args, str(TPDM_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]  # a pair needs two files
+    assert _nothing_written(meddiff_home)
+
+
+def test_names_existing_models_and_missing_files(meddiff_home, tmp_path, capsys):
+    args = ["--format", "wdm", "--variant", "brats", str(WDM_FILE), *as_set_options(WDM_TINY)]
+    assert _import(*args, "--name", "../escape") == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert _import(*args, "--name", "mine") == 0
+    before = (meddiff_home / "models" / "mine.json").read_text()
+    assert _import(*args, "--name", "mine") == EXIT_STATUS[ErrorCode.MODEL]
+    assert "already exists" in capsys.readouterr().err
+    assert (meddiff_home / "models" / "mine.json").read_text() == before
+    assert _import(*args, "--name", "mine", "--replace") == 0
+    assert json.loads((meddiff_home / "models" / "mine.json").read_text())["created"]
+    assert _import("--format", "wdm", str(tmp_path / "nothing.pt")) == EXIT_STATUS[ErrorCode.BAD_INPUT]
+    assert _import("--format", "cwdm", str(WDM_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]  # which contrast?
+    assert "--variant" in capsys.readouterr().err
