@@ -52,13 +52,25 @@ def _output_keys(outputs: dict[str, str]) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("_")[1]) if "_" in k else 0)
 
 
+def condition_names(card: dict | None) -> list[str]:
+    """The source contrasts a translating model names (a published cWDM: ``["t1n", "t2w", "t2f"]``), else ``[]``."""
+    return [str(n) for n in ((card or {}).get("task_config") or {}).get("conditions") or []]
+
+
 def start_generation(options: GenerateOptions, input_node=None, scene=None, python: Sequence[str] | None = None,
-                     env: dict[str, str] | None = None) -> NodeJob:
+                     env: dict[str, str] | None = None, conditions: dict | None = None) -> NodeJob:
     """Start a generation (``input_node``: the cWDM condition, or the volume to upscale); returns the running job.
 
-    ``scene`` is where unconditional samples go (the input's scene otherwise).
-    Raises LaunchError (scene unchanged) when the input cannot be used.
+    A model that takes several named source contrasts gets them as ``conditions`` (name -> volume node, in the
+    card's order; the result lies on the first one's grid). ``scene`` is where unconditional samples go (the
+    input's scene otherwise). Raises LaunchError (scene unchanged) when the input cannot be used.
     """
+    if conditions:
+        missing = [name for name, node in conditions.items() if node is None]
+        if missing:
+            raise _bad_input(f"model '{options.model}' needs the contrasts {', '.join(conditions)}; "
+                             f"none selected for {', '.join(missing)}", "select a volume for each contrast")
+        input_node = next(iter(conditions.values()))
     if options.kind not in KINDS:
         raise LaunchError(Failure("BAD_CONFIG", f"unknown generation kind '{options.kind}'", f"use one of {', '.join(KINDS)}"))
     if not options.model:
@@ -76,14 +88,17 @@ def start_generation(options: GenerateOptions, input_node=None, scene=None, pyth
     if scene is None:
         raise LaunchError(Failure("USAGE", "no scene to add the generated volumes to", "pass the scene"))
     work = WorkFolder("meddiff-generate-")
+    named = conditions or ({"condition" if options.kind == "wdm" else "image": input_node} if input_node is not None else {})
     inputs = {}
-    if input_node is not None:
+    for name, node in named.items():
+        if not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            work.close(success=True)
+            raise _bad_input(f"'{node.GetName()}' is not a scalar volume", "select a scalar (grey-value) volume")
         try:
-            path = write_volume_node(input_node, work.file("input.nrrd"))
+            inputs[name] = str(write_volume_node(node, work.file(f"{name}.nrrd")))
         except ExchangeError as exc:
             work.close(success=True)
             raise _bad_input(str(exc), "check that the input node holds an image") from exc
-        inputs = {"condition" if options.kind == "wdm" else "image": str(path)}
     grid = Grid.of(input_node) if options.kind == "wdm" and input_node is not None else None
     if options.kind == "upscale":
         base_name = f"{input_node.GetName()} super-resolved"

@@ -58,6 +58,8 @@ class VolumeGeneratorParameterNode:
 
     kind: Annotated[str, Choice(list(generate.KINDS))] = "wdm"
     inputVolume: vtkMRMLScalarVolumeNode
+    conditionVolume2: vtkMRMLScalarVolumeNode  # further source contrasts of a model that names several (cWDM)
+    conditionVolume3: vtkMRMLScalarVolumeNode
     samples: Annotated[int, WithinRange(1, 16)] = 1
     spacingX: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
     spacingY: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
@@ -104,7 +106,7 @@ class VolumeGeneratorWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         fill_model_combo(self.ui.modelComboBox, names, current)
         if self._parameterNode and names and current not in names:
             self._parameterNode.model = names[0]
-        show_card(self.ui.modelCardText, self.logic.card(current_text(self.ui.modelComboBox)))
+        self._showModel(current_text(self.ui.modelComboBox))
         if not names:
             self.ui.statusLabel.setText(_("No {kind} model installed: import one in the Models section.").format(kind=kind))
 
@@ -112,12 +114,26 @@ class VolumeGeneratorWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         with showing_errors(_("Showing the model failed.")):
             if self._parameterNode and name and self._parameterNode.model != name:
                 self._parameterNode.model = name
-            show_card(self.ui.modelCardText, self.logic.card(name))
+            self._showModel(name)
+
+    def _showModel(self, name: str) -> None:
+        """The model's card, and one input row per source contrast of a model that names several."""
+        card = self.logic.card(name)
+        show_card(self.ui.modelCardText, card)
+        contrasts = generate.condition_names(card)
+        self.ui.inputLabel.setText(_("{name} volume:").format(name=contrasts[0]) if contrasts else _("Input volume:"))
+        for row in (2, 3):
+            shown = len(contrasts) >= row
+            getattr(self.ui, f"condition{row}Label").setVisible(shown)
+            getattr(self.ui, f"condition{row}Selector").setVisible(shown)
+            if shown:
+                getattr(self.ui, f"condition{row}Label").setText(_("{name} volume:").format(name=contrasts[row - 1]))
 
     # -- run -----------------------------------------------------------------------------------------------------
     def _showSettingsOf(self, kind: str) -> None:
         used = SETTINGS.get(kind, ())
-        for setting, widgetNames in (("input", ("inputSelector",)), ("samples", ("samplesSpinBox",)),
+        for setting, widgetNames in (("input", ("inputSelector", "condition2Selector", "condition3Selector")),
+                                     ("samples", ("samplesSpinBox",)),
                                      ("spacing", ("spacingXSpinBox", "spacingYSpinBox", "spacingZSpinBox")),
                                      ("stages", ("stagesSpinBox",))):
             for widgetName in widgetNames:
@@ -177,11 +193,19 @@ class VolumeGeneratorLogic(ScriptedLoadableModuleLogic):
         """Start the parameter node's generation; returns the running job (poll or wait on it)."""
         options = self.options(parameterNode)
         inputNode = parameterNode.inputVolume if options.kind != "cascade" else None
-        return generate.start_generation(options, inputNode, scene=slicer.mrmlScene, env=self.engineEnv)
+        contrasts = generate.condition_names(self.card(options.model)) if options.kind == "wdm" else []
+        volumes = (parameterNode.inputVolume, parameterNode.conditionVolume2, parameterNode.conditionVolume3)
+        conditions = dict(zip(contrasts, volumes)) if len(contrasts) > 1 else None
+        return generate.start_generation(options, inputNode, scene=slicer.mrmlScene, env=self.engineEnv,
+                                         conditions=conditions)
 
-    def generate(self, options: generate.GenerateOptions, inputNode=None, timeoutSeconds: Optional[float] = None) -> list:
-        """Blocking mode (scripts, tests): the new volume nodes, or RuntimeError with the failure's text."""
-        job = generate.start_generation(options, inputNode, scene=slicer.mrmlScene, env=self.engineEnv)
+    def generate(self, options: generate.GenerateOptions, inputNode=None, timeoutSeconds: Optional[float] = None,
+                 conditions: Optional[dict] = None) -> list:
+        """Blocking mode (scripts, tests): the new volume nodes, or RuntimeError with the failure's text.
+
+        ``conditions``: contrast name -> volume node, for a model that names several (a published cWDM)."""
+        job = generate.start_generation(options, inputNode, scene=slicer.mrmlScene, env=self.engineEnv,
+                                        conditions=conditions)
         if not job.wait(timeoutSeconds):
             job.cancel()
             job.wait(30)

@@ -53,3 +53,19 @@ def assert_parity(out: torch.Tensor, ref, what: str) -> float:
     err = float((out.float() - ref.float()).abs().max())
     assert torch.allclose(out.float(), ref.float(), rtol=1e-4, atol=atol), f"{what}: max abs error {err:.3g} (atol {atol:.3g})"
     return err
+
+
+def save_tiny_cwdm_checkpoint(path: Path) -> dict:
+    """A small cWDM generator saved in the authors' layout (guided-diffusion key names, plain state dict);
+    returns the network fields to import it with."""
+    from meddiffcore.checkpoints.wdm import reference_key, released_network
+    from meddiffcore.nets import UNet, UNetConfig
+
+    fields = {**WDM_TINY, "channel_mult": [1, 2]}
+    net = UNet(UNetConfig.from_dict({**released_network(True).to_dict(), **fields}))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    torch.save({reference_key(k): v for k, v in net.state_dict().items()}, path)
+    return fields

@@ -64,3 +64,48 @@ def test_upscale_needs_an_input_and_refines_it_in_plane(double, monkeypatch):
     # 16 px slices enter the cascade's last 2x stage: 32 px at half the pixel size, slices unchanged
     assert up.GetName() == "low super-resolved" and up.GetSpacing() == pytest.approx((1.0, 1.0, 4.0))
     assert slicer.util.arrayFromVolume(up).shape == (2, 32, 32)
+
+
+def test_a_published_cwdm_model_gets_one_input_per_source_contrast(double, monkeypatch, tmp_path):
+    """An imported cWDM generator (t1c from t1n, t2w and t2f): the panel asks for each contrast by name."""
+    import json
+    import sys
+
+    import slicer
+
+    sys.path.insert(0, str(ROOT / "Testing" / "core"))
+    from published_helpers import save_tiny_cwdm_checkpoint
+
+    from meddiffcore.checkpoints import import_checkpoint
+
+    monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path / "home"))
+    fields = save_tiny_cwdm_checkpoint(tmp_path / "cwdm_t1c.pt")
+    card_path = import_checkpoint("cwdm", [tmp_path / "cwdm_t1c.pt"], network=fields).card_path
+    card = json.loads(card_path.read_text())
+    card["task_config"]["size"] = [16, 16, 16]  # the tiny network on a small grid
+    card_path.write_text(json.dumps(card))
+    volumes = []
+    brain = np.zeros((10, 24, 24), np.float32)
+    brain[2:9, 5:19, 4:20] = 1.0
+    for index, contrast in enumerate(("t1n", "t2w", "t2f")):
+        node = double.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"case {contrast}")
+        slicer.util.updateVolumeFromArray(node, brain * (300.0 + 100 * index))
+        node.SetOrigin(10.0, 20.0, -30.0)
+        volumes.append(node)
+
+    widget = make_widget(NAME, monkeypatch)
+    params = widget._parameterNode
+    assert params.model == "cwdm-t1c"
+    assert widget.ui.inputLabel.text() == "t1n volume:" and widget.ui.condition3Label.text() == "t2f volume:"
+    assert not widget.ui.condition2Selector.isHidden()
+    params.inputVolume, params.conditionVolume2, params.steps, params.device = volumes[0], volumes[1], 2, "cpu"
+    widget.ui.applyButton.click()  # t2f missing: refused, naming it
+    run_until_idle(double, widget)
+    assert len(double.errors) == 1 and "t2f" in double.errors[0] and params.outputVolume is None
+    params.conditionVolume3 = volumes[2]
+    widget.ui.applyButton.click()
+    run_until_idle(double, widget)
+    assert len(double.errors) == 1, double.errors
+    out = params.outputVolume
+    assert out.GetName() == "case t1n translated"
+    assert slicer.util.arrayFromVolume(out).shape == brain.shape and out.GetOrigin() == pytest.approx((10.0, 20.0, -30.0))

@@ -11,16 +11,14 @@ import pytest
 import torch
 
 from meddiffcore.checkpoints import import_checkpoint
-from meddiffcore.checkpoints.wdm import reference_key, released_network
 from meddiffcore.cli import main
 from meddiffcore.errors import EXIT_STATUS, ErrorCode
 from meddiffcore.io import Volume, read_volume, write_volume
-from meddiffcore.nets import UNet, UNetConfig
 from meddiffcore.tasks.recon.phantoms import make_phantom
 from meddiffcore.tasks.recon.planes import from_slices, to_slices
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from published_helpers import TPDM, TPDM_TINY, WDM, WDM_TINY  # noqa: E402
+from published_helpers import TPDM, TPDM_TINY, WDM, WDM_TINY, save_tiny_cwdm_checkpoint  # noqa: E402
 
 FAST = ["--device", "cpu", "--progress", "none", "--seed", "1"]
 
@@ -47,20 +45,8 @@ def test_imported_wdm_generates_with_the_fast_and_the_authors_sampler(home, tmp_
     assert not np.allclose(read_volume(fast).array, read_volume(authors).array)
 
 
-def _tiny_cwdm_file(path: Path) -> dict:
-    """A small cWDM generator saved in the authors' layout (guided-diffusion key names, plain state dict)."""
-    fields = {**WDM_TINY, "channel_mult": [1, 2]}
-    net = UNet(UNetConfig.from_dict({**released_network(True).to_dict(), **fields}))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-    torch.save({reference_key(k): v for k, v in net.state_dict().items()}, path)
-    return fields
-
-
 def test_imported_cwdm_translates_brats_like_contrasts_back_onto_their_grid(home, tmp_path):
-    fields = _tiny_cwdm_file(tmp_path / "cwdm_t1c.pt")
+    fields = save_tiny_cwdm_checkpoint(tmp_path / "cwdm_t1c.pt")
     import_checkpoint("cwdm", [tmp_path / "cwdm_t1c.pt"], network=fields)  # variant t1c from the file name
     rng = np.random.default_rng(0)
     geometry = np.diag([-1.0, -1.0, 1.0, 1.0])
