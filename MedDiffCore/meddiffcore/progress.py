@@ -90,6 +90,10 @@ class Reporter:
     def log(self, message: str, level: str = "info") -> None:
         self.emit({"event": "log", "level": level, "message": message})
 
+    def warning(self, message: str) -> None:
+        """Something the user must know about the result (shown even without progress output)."""
+        self.log(message, level="warning")
+
     def done(self, outputs: dict[str, Any]) -> None:
         if self._end():
             self.emit({"event": "done", "outputs": outputs})
@@ -152,7 +156,8 @@ class TerminalReporter(Reporter):
 
     def emit(self, event: dict[str, Any]) -> None:
         kind = event["event"]
-        if not self.show_progress and kind in ("progress", "log"):
+        warning = kind == "log" and event.get("level") == "warning"
+        if not self.show_progress and kind in ("progress", "log") and not warning:
             return
         if kind == "progress":
             total = max(event["total"], 1)
@@ -167,7 +172,7 @@ class TerminalReporter(Reporter):
                 self._end_bar()
         elif kind == "log":
             self._end_bar()
-            self.stream.write(f"{event['message']}\n")
+            self.stream.write(f"{'warning: ' if warning else ''}{event['message']}\n")
         elif kind == "error":
             self._end_bar()
             hint = f"\n  fix: {event['hint']}" if event.get("hint") else ""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...physics import ParallelBeam, SliceAverage
+from ...physics import ParallelBeam, SliceAverage, iterative_baseline
 from ...physics.mri import RealCartesianMRI, ifft2c
 
 
@@ -26,6 +26,10 @@ class CTProblem:
 
     def baseline(self, y: Tensor, filter_name: str = "ramp") -> Tensor:
         return self.beam.fbp(y, filter_name)
+
+    def iterative(self, y: Tensor) -> Tensor:
+        """TV-regularised least squares from the FBP image (``physics.ITERATIVE["ct"]``)."""
+        return iterative_baseline("ct", self, y, self.baseline(y))
 
 
 @dataclass
@@ -46,6 +50,10 @@ class MRIProblem:
     def baseline(self, y: Tensor) -> Tensor:
         """Zero-filled magnitude."""
         return ifft2c(y * self.mask.to(y.device)).abs()
+
+    def iterative(self, y: Tensor) -> Tensor:
+        """Compressed sensing: TV-regularised least squares from the zero-filled image (``physics.ITERATIVE["mri"]``)."""
+        return iterative_baseline("mri", self, y, self.baseline(y))
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 
 from ...errors import BadInputError, ConfigError, ModelError
 from ...jobs import Job
+from ...physics.iterative import ITERATIVE
 from ...progress import Reporter
 
 DEFAULT_MODELS = {"ct": "recon-ct-demo", "mri": "recon-mri-demo", "zsr": "recon-mri-demo"}
@@ -130,7 +131,7 @@ def _outputs(job: Job) -> tuple[Path, Path | None]:
     from ...io import VOLUME_WRITE_EXTENSIONS
     from ...io.atomic import split_extension
 
-    for p in filter(None, (out, job.outputs.get("baseline"))):
+    for p in filter(None, (out, job.outputs.get("baseline"), job.outputs.get("iterative"))):
         if split_extension(Path(p).name)[1].lower() not in VOLUME_WRITE_EXTENSIONS:
             raise ConfigError(f"cannot write '{p}': unknown volume extension",
                               f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
@@ -138,6 +139,62 @@ def _outputs(job: Job) -> tuple[Path, Path | None]:
             raise BadInputError(f"the output folder of '{p}' does not exist", "create it first")
     base = job.outputs.get("baseline")
     return Path(out), Path(base) if base else None
+
+
+def _iterative_output(job: Job) -> Path | None:
+    path = job.outputs.get("iterative")
+    return Path(path) if path else None
+
+
+#: The card's metrics that a warning compares with the iterative baseline, and what each one measures.
+_WARN_METRICS = {"psnr": "PSNR (full range)", "psnr_w80": "PSNR in the W 80 / L 40 window",
+                 "psnr_window": "PSNR in the card's window", "psnr_mask": "PSNR inside the head",
+                 "ssim_w80": "SSIM in the W 80 / L 40 window", "ssim_mask": "SSIM inside the head"}
+
+
+def _setting_value(key: str, task: str) -> float | None:
+    """``"ct 16 views (phantoms)"`` -> 16; ``"mri x4 (mni)"`` -> 4; None for another task or a special row."""
+    head = key.split(" (", 1)[0].split()
+    if not head or head[0] != task or len(head) < 2:
+        return None
+    if task == "ct" and len(head) == 3 and head[2] == "views" and head[1].isdigit():
+        return float(head[1])
+    if task == "mri" and len(head) == 2 and head[1].startswith("x"):
+        try:
+            return float(head[1][1:])
+        except ValueError:
+            return None
+    return None
+
+
+def card_warnings(model, task: str, setting: float, mode: str) -> list[str]:
+    """Where the card's measured figures show this prior worse than the iterative baseline, at the measured
+    setting nearest to ``setting`` (views or acceleration), per kind of data (phantoms, real CT, MNI)."""
+    evaluation = (model.card.metrics or {}).get("evaluation", {})
+    rows = [(k, v, _setting_value(k, task)) for k, v in evaluation.items() if isinstance(v, dict)]
+    rows = [(k, v, value) for k, v, value in rows if value is not None]
+    if not rows:
+        return []
+    nearest = min({value for _, _, value in rows}, key=lambda v: abs(math.log(v / max(setting, 1e-9))))
+    out = []
+    for key, figures, value in rows:
+        if value != nearest:
+            continue
+        worse = [f"{what} {figures[f'{mode}_{m}']:g} vs {figures[f'iterative_{m}']:g}" for m, what in _WARN_METRICS.items()
+                 if f"{mode}_{m}" in figures and f"iterative_{m}" in figures
+                 and figures[f"{mode}_{m}"] < figures[f"iterative_{m}"]]
+        if worse:
+            out.append(f"model '{model.card.name}' ({mode} mode) measured worse than the iterative baseline on {key}: "
+                       + "; ".join(worse) + " (its card's figures); compare with the iterative baseline "
+                       "(--iterative-out) before trusting it")
+    return out
+
+
+def _warn(reporter: Reporter, messages: list[str], info: dict) -> None:
+    for message in messages:
+        reporter.warning(message)
+    if messages:
+        info["warnings"] = messages
 
 
 def _generator(job: Job, device) -> torch.Generator:
@@ -274,13 +331,19 @@ def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
     problem, y, shape, template, _ = ct_problem_from_job(job, model, device)
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("views", len(problem.beam.angles_deg)))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    _warn(reporter, card_warnings(model, "ct", problem.beam.n_angles, s.mode), info)
     tc = model.intensity
     to_hu = lambda t: (t.detach().cpu().numpy() * tc["scale"] + tc["offset"]).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_hu(x), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_hu(problem.baseline(y, filt))), base_out))
+    iter_out = _iterative_output(job)
+    if iter_out:
+        reporter.log(f"iterative baseline: {ITERATIVE['ct'].describe()}")
+        vols.append((template.with_array(to_hu(problem.iterative(y))), iter_out))
     _write(vols)
-    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {}),
+            **({"iterative": str(iter_out)} if iter_out else {})}
 
 
 def _meta(model, info: dict) -> str:
@@ -380,12 +443,18 @@ def run_mri(job: Job, reporter: Reporter) -> dict[str, str]:
                     else round(1.0 / max(float(problem.mask.float().mean()), 1e-6)))
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("acceleration", acceleration))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    _warn(reporter, card_warnings(model, "mri", float(acceleration), s.mode), info)
     to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
+    iter_out = _iterative_output(job)
+    if iter_out:
+        reporter.log(f"iterative baseline: {ITERATIVE['mri'].describe()}")
+        vols.append((template.with_array(to_out(problem.iterative(y))), iter_out))
     _write(vols)
-    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {}),
+            **({"iterative": str(iter_out)} if iter_out else {})}
 
 
 # ---------------------------------------------------------------------------------------------- ZSR
@@ -432,6 +501,9 @@ def run_zsr(job: Job, reporter: Reporter) -> dict[str, str]:
     out, base_out = _outputs(job)
     if "volume" not in job.inputs:
         raise ConfigError("a ZSR job needs input 'volume'", "use --volume THICK.nii.gz")
+    if job.outputs.get("iterative"):
+        raise ConfigError("z-axis super-resolution has no iterative baseline (its baseline is cubic interpolation)",
+                          "drop --iterative-out; --baseline-out writes the cubic interpolation")
     device = resolve_device(job.device)
     model = _load(job, "zsr", device)
     settings_from(job.params, {})
