@@ -184,6 +184,8 @@ class EngineProcess:
         self.kill_after_s = kill_after_s
         self.progress = Progress()
         self.log: list[str] = []
+        #: The engine's warnings about its result (log events of level "warning"), in order.
+        self.warnings: list[str] = []
         self.outputs: dict[str, str] | None = None
         self.failure: Failure | None = None
         self.returncode: int | None = None
@@ -319,6 +321,8 @@ class EngineProcess:
                                      event.get("eta_s"))
         elif kind == "log":
             self.log.append(str(event.get("message", "")))
+            if event.get("level") == "warning":
+                self.warnings.append(str(event.get("message", "")))
         elif kind == "started":
             self.log.append(f"engine started: {event.get('task')} (model {event.get('model')}, device {event.get('device')})")
         elif kind == "done":

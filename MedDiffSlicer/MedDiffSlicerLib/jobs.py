@@ -80,6 +80,10 @@ class EngineChain:
         return self.current.pid
 
     @property
+    def warnings(self) -> list[str]:
+        return [w for engine in self.engines for w in engine.warnings]
+
+    @property
     def finished(self) -> bool:
         return self.returncode is not None
 
@@ -155,6 +159,11 @@ class NodeJob:
     @property
     def log(self) -> list[str]:
         return self.engine.log
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the engine warned about its result (e.g. a prior measured worse than the iterative baseline)."""
+        return list(self.engine.warnings)
 
     @property
     def succeeded(self) -> bool:
