@@ -193,3 +193,35 @@ def test_a_card_whose_prior_wins_everywhere_gives_no_warning(tmp_path, home, cap
     assert main(["recon", "ct", "--simulate-from", str(tmp_path / "in.nii.gz"), "--model", "tiny-ct", "--views", "8",
                  "--out", str(tmp_path / "rec.nii.gz"), *FAST]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_fast_mode_from_the_iterative_baseline_is_not_worse_than_it_in_any_window():
+    """The bundled CT prior with its card's fast defaults (start from the iterative baseline, a TV refinement at the
+    end) on a held-out phantom: at least as good as the baseline it starts from, in full range and both windows."""
+    from meddiffcore.tasks.recon.evaluate import _solve, card_window, ct_scores
+    from meddiffcore.tasks.recon.model import load_recon_model
+
+    torch.set_num_threads(1)
+    model = load_recon_model("recon-ct-demo", "cpu")
+    assert model.card.task_config["defaults"]["fast"]["start"] == "iterative"
+    tc, window = model.intensity, card_window(model)
+    gt = ((make_phantom("ct", None, (32, 32, 32), 90000) - tc["offset"]) / tc["scale"]).astype(np.float64)
+    problem = CTProblem(ParallelBeam.uniform(32, 16))
+    y = problem.forward(torch.from_numpy(gt.astype(np.float32)))
+    base = ct_scores(gt, problem.iterative(y).double().numpy(), tc, window)
+    rec, info = _solve(model, problem, y, gt.shape, "fast", None, 0, "cpu")
+    fast = ct_scores(gt, rec, tc, window)
+    assert info["network_evaluations"] == model.card.task_config["defaults"]["fast"]["steps"]
+    for metric in ("psnr", "ssim", "psnr_w80", "ssim_w80", "psnr_window", "ssim_window"):
+        assert fast[metric] >= base[metric], (metric, fast[metric], base[metric])
+    assert fast["psnr"] > base["psnr"] + 1  # and the prior adds something
+
+
+def test_an_unknown_fast_start_is_refused_with_the_choices():
+    from meddiffcore.errors import ConfigError
+    from meddiffcore.tasks.recon.run import settings_from
+
+    with pytest.raises(ConfigError, match="start=iterative"):
+        settings_from({"mode": "fast", "start": "fbp"}, {})
+    s = settings_from({"mode": "fast"}, {"fast": {"start": "iterative", "start_sigma": 0.2, "final_tv": 3}})
+    assert (s.start, s.start_sigma, s.final_tv) == ("iterative", 0.2, 3)

@@ -119,7 +119,8 @@ ITERATIVE = {
 }
 
 
-def iterative_baseline(modality: str, op: LinearOperator, y: Tensor, start: Tensor) -> Tensor:
-    """The tuned TV reconstruction of ``modality`` ('ct' or 'mri') from ``start`` (FBP or zero-filled)."""
+def iterative_baseline(modality: str, op: LinearOperator, y: Tensor, start: Tensor, outer: int | None = None) -> Tensor:
+    """The tuned TV reconstruction of ``modality`` ('ct' or 'mri') from ``start`` (FBP or zero-filled; or a prior's
+    result, refined by ``outer`` outer iterations instead of the tuned number)."""
     s = ITERATIVE[modality]
-    return tv_least_squares(op, y, start.clamp(min=0), s.lam, s.outer, s.inner, s.eps)
+    return tv_least_squares(op, y, start.clamp(min=0), s.lam, s.outer if outer is None else outer, s.inner, s.eps)

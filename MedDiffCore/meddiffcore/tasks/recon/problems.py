@@ -27,9 +27,11 @@ class CTProblem:
     def baseline(self, y: Tensor, filter_name: str = "ramp") -> Tensor:
         return self.beam.fbp(y, filter_name)
 
-    def iterative(self, y: Tensor) -> Tensor:
-        """TV-regularised least squares from the FBP image (``physics.ITERATIVE["ct"]``)."""
-        return iterative_baseline("ct", self, y, self.baseline(y))
+    def iterative(self, y: Tensor, start: Tensor | None = None, outer: int | None = None) -> Tensor:
+        """TV-regularised least squares (``physics.ITERATIVE["ct"]``) from ``start`` (default: the FBP image)."""
+        return iterative_baseline("ct", self, y, self.baseline(y) if start is None else start, outer)
+
+    start_image = iterative
 
 
 @dataclass
@@ -51,9 +53,12 @@ class MRIProblem:
         """Zero-filled magnitude."""
         return ifft2c(y * self.mask.to(y.device)).abs()
 
-    def iterative(self, y: Tensor) -> Tensor:
-        """Compressed sensing: TV-regularised least squares from the zero-filled image (``physics.ITERATIVE["mri"]``)."""
-        return iterative_baseline("mri", self, y, self.baseline(y))
+    def iterative(self, y: Tensor, start: Tensor | None = None, outer: int | None = None) -> Tensor:
+        """Compressed sensing: TV-regularised least squares (``physics.ITERATIVE["mri"]``) from ``start`` (default:
+        the zero-filled image)."""
+        return iterative_baseline("mri", self, y, self.baseline(y) if start is None else start, outer)
+
+    start_image = iterative
 
 
 @dataclass
@@ -75,6 +80,8 @@ class ZSRProblem:
     def baseline(self, y: Tensor) -> Tensor:
         """Cubic-spline interpolation along z from thick-slice centres to thin-slice centres."""
         return torch.from_numpy(cubic_z_upsample(y.detach().cpu().double().numpy(), self.factor)).to(y)
+
+    start_image = baseline  # no iterative baseline for z-SR: fast mode refines the cubic interpolation
 
 
 def cubic_z_upsample(thick: np.ndarray, factor: int) -> np.ndarray:

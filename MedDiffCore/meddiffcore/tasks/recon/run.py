@@ -30,6 +30,7 @@ from ...progress import Reporter
 
 DEFAULT_MODELS = {"ct": "recon-ct-demo", "mri": "recon-mri-demo", "zsr": "recon-mri-demo"}
 MODES = ("tpdm", "fast")
+STARTS = ("noise", "iterative")
 MRI_TARGET = 0.8
 
 
@@ -45,6 +46,13 @@ class Settings:
     eta: float
     chunk: int
     batch: int = 6
+    start: str = "noise"
+    """Fast mode: ``"noise"`` (from pure noise at the prior's largest sigma) or ``"iterative"`` (from the iterative
+    baseline with noise ``start_sigma`` added: the prior refines the classical reconstruction it starts from)."""
+    start_sigma: float = 0.1
+    final_tv: int = 0
+    """Fast mode from the iterative baseline: outer iterations of the baseline's own TV-regularised least squares run
+    from the sampler's result (0: none), so the result keeps the regulariser the baseline had."""
     authors: bool = False
     """``mode="tpdm"`` on a model whose card names ``"sampler": "authors"`` (imported TPDM pairs): the
     authors' own sampler (:func:`~meddiffcore.tasks.recon.tpdm.sample_tpdm_authors`)."""
@@ -84,6 +92,10 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
     if mode not in MODES:
         raise ConfigError(f"unknown mode '{mode}'", "use --mode tpdm (the seed's sampler) or --mode fast (DDS-style)")
     d = card_defaults.get(mode, {})
+    start = params.get("start", d.get("start", "noise"))
+    if start not in STARTS:
+        raise ConfigError(f"unknown fast-mode start '{start}'",
+                          "use start=iterative (refine the iterative baseline) or start=noise (sample from noise)")
     lam_default = _default_lambda(d, lookup) if mode == "tpdm" and "lambda" not in params else d.get("lambda", 1.0)
     return Settings(
         mode=mode,
@@ -96,6 +108,9 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
         eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
         chunk=_number(params, "chunk", 64, int, 1, 100000),
         batch=_number(params, "batch", d.get("batch", 6), int, 1, 100000),
+        start=start,
+        start_sigma=_number(params, "start_sigma", d.get("start_sigma", 0.1), float, 1e-6, 1e6),
+        final_tv=_number(params, "final_tv", d.get("final_tv", 0), int, 0, 1000),
         authors=mode == "tpdm" and d.get("sampler") == "authors",
     )
 
@@ -226,14 +241,23 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
         result = sample_tpdm(primary, auxiliary, problem, y, shape, geometric_sigmas(sig_max, sig_min, s.steps), K=s.K,
                              lam=s.lam, lipschitz=lip, snr=s.snr, generator=gen, callback=callback)
     else:
-        sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
+        x_start = None
+        if s.start == "iterative":
+            top = min(s.start_sigma, sig_max)
+            sigmas = [float(v) for v in np.geomspace(top, min(sig_min, top), s.steps)] + [0.0]
+            x_start = problem.start_image(y).to(y.real.dtype if y.is_complex() else y.dtype)
+            reporter.log(f"fast mode refines the iterative baseline from sigma {top:g}")
+        else:
+            sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
         result = sample_fast(primary, auxiliary, problem, y, shape, sigmas, K=s.K, cg_iters=s.cg_iters, gamma=s.gamma,
-                             eta=s.eta, generator=gen, callback=callback)
+                             eta=s.eta, generator=gen, callback=callback, x_start=x_start)
+        if x_start is not None and s.final_tv > 0 and hasattr(problem, "iterative"):
+            result.x = problem.iterative(y, start=result.x, outer=s.final_tv)
     if not bool(torch.isfinite(result.x).all()):
         raise ModelError(f"the {s.mode} reconstruction diverged (non-finite values); nothing was written",
                          "lower --lambda, use more --steps, or check that the model fits this data")
     r = problem.forward(result.x) - y
-    info = {"mode": s.mode, "steps": s.steps, "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
+    info = {"mode": s.mode, "steps": s.steps, **({"start": s.start} if s.mode == "fast" else {}), "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
             "seconds": round(result.seconds, 2), "relative_residual": float(r.abs().norm() / y.abs().norm().clamp(min=1e-12))}
     reporter.log(f"done: {result.nfe} network passes, {result.seconds:.1f} s, relative data residual {info['relative_residual']:.4f}")
     return result.x, info
