@@ -1,6 +1,6 @@
 """How the iterative baselines were tuned, and how they compare with scikit-image's SART.
 
-``python Testing/Benchmarks/recon_iterative.py [--size 32] [--phantoms 4]`` prints, for each TV weight of a grid,
+``python Testing/Benchmarks/recon_iterative.py [--size 32] [--phantoms 2]`` prints, for each TV weight of a grid,
 the mean PSNR (full range) of the TV-regularised least-squares reconstruction on *training* phantoms (seeds
 1000...; the evaluation uses 90000...), for CT at 8/16/32 views and MRI at x4/x8, and the same for FBP, plain CG
 and scikit-image's SART (3 passes, clipped to [0, 1]). The chosen weights live in ``meddiffcore.physics.iterative.ITERATIVE``.
@@ -27,7 +27,7 @@ LAMS = (0.0, 1e-5, 2e-5, 5e-5, 2e-4, 1e-3, 5e-3, 2e-2)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--phantoms", type=int, default=4)
+    ap.add_argument("--phantoms", type=int, default=2)
     ap.add_argument("--skip-skimage", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)

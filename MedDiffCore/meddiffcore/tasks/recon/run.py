@@ -162,9 +162,10 @@ def _iterative_output(job: Job) -> Path | None:
 
 
 #: The card's metrics that a warning compares with the iterative baseline, and what each one measures.
-_WARN_METRICS = {"psnr": "PSNR (full range)", "psnr_w80": "PSNR in the W 80 / L 40 window",
-                 "psnr_window": "PSNR in the card's window", "psnr_mask": "PSNR inside the head",
-                 "ssim_w80": "SSIM in the W 80 / L 40 window", "ssim_mask": "SSIM inside the head"}
+_WARN_METRICS = {"psnr": "PSNR (full range)", "ssim": "SSIM (full range)", "psnr_w80": "PSNR in the W 80 / L 40 window",
+                 "ssim_w80": "SSIM in the W 80 / L 40 window", "psnr_window": "PSNR in the card's window",
+                 "ssim_window": "SSIM in the card's window", "psnr_mask": "PSNR inside the head",
+                 "ssim_mask": "SSIM inside the head"}
 
 
 def _setting_value(key: str, task: str) -> float | None:
