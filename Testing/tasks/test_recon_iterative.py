@@ -20,7 +20,7 @@ from meddiffcore.tasks.recon.phantoms import make_phantom
 from meddiffcore.tasks.recon.problems import CTProblem, MRIProblem
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recon_helpers import install_tiny_recon_model  # noqa: E402
+from recon_helpers import home, install_tiny_recon_model  # noqa: E402,F401
 
 FAST = ["--steps", "3", "--cg-iters", "2", "--device", "cpu", "--progress", "none", "--seed", "1"]
 
@@ -85,15 +85,6 @@ def test_mri_cs_baseline_beats_zero_filling():
     zf = problem.baseline(y).double().numpy()
     cs = problem.iterative(y).double().numpy()
     assert psnr(gt, cs, gt.max()) > psnr(gt, zf, gt.max()) + 1
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("MEDDIFF_HOME", str(h))
-    install_tiny_recon_model(h, "tiny-ct", "ct")
-    install_tiny_recon_model(h, "tiny-mri", "mri")
-    return h
 
 
 def test_evaluate_reports_fbp_iterative_and_model_in_full_range_and_in_the_clinical_window(home, capsys):

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ...physics import ParallelBeam, SliceAverage, iterative_baseline
+from ...physics.iterative import normal_norm
 from ...physics.mri import RealCartesianMRI, ifft2c
 
 
@@ -98,13 +99,4 @@ def cubic_z_upsample(thick: np.ndarray, factor: int) -> np.ndarray:
 
 def operator_norm(problem, shape: tuple[int, ...], device, iters: int = 12, seed: int = 0) -> float:
     """Largest eigenvalue of ``A^T A`` by power iteration (for step sizes)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(shape, generator=g).to(device)
-    v = v / v.norm()
-    lam = 1.0
-    for _ in range(iters):
-        w = problem.adjoint(problem.forward(v))
-        w = w.real if w.is_complex() else w
-        lam = float(w.norm())
-        v = w / max(lam, 1e-30)
-    return lam
+    return normal_norm(problem, shape, device, iters=iters, seed=seed)
