@@ -60,8 +60,10 @@ class EngineChain:
             raise ValueError("an engine chain needs at least one job file")
         self.engines = [EngineProcess(f, python=python, env=env) for f in job_files]
         self.log: list[str] = []
+        self.warnings: list[str] = []
         for engine in self.engines:
-            engine.log = self.log  # one log for the whole chain, in order
+            engine.log = self.log  # one log and one list of warnings for the whole chain, in order
+            engine.warnings = self.warnings
         self._index = 0
         self.outputs: dict[str, str] | None = None
         self.failure = None
@@ -155,6 +157,11 @@ class NodeJob:
     @property
     def log(self) -> list[str]:
         return self.engine.log
+
+    @property
+    def warnings(self) -> list[str]:
+        """The engine's warnings about the result (an input outside the model's training domain, ...)."""
+        return self.engine.warnings
 
     @property
     def succeeded(self) -> bool:
