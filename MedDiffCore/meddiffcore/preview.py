@@ -9,8 +9,6 @@ in the coronal and sagittal views.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,26 +49,16 @@ def auto_window(array: np.ndarray) -> Window:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an 8-bit grayscale (H, W) or RGB (H, W, 3) image as PNG, atomically."""
+    """Write an 8-bit grayscale (H, W) or RGB (H, W, 3) image as PNG, atomically (encoded by Pillow)."""
+    from PIL import Image
+
     from .io.atomic import atomic_output
 
     image = np.ascontiguousarray(image, dtype=np.uint8)
-    if image.ndim == 2:
-        color_type, rows = 0, image
-    elif image.ndim == 3 and image.shape[2] == 3:
-        color_type, rows = 2, image.reshape(image.shape[0], -1)
-    else:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
-    height, width = image.shape[:2]
-    raw = b"".join(b"\x00" + rows[r].tobytes() for r in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    payload = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
     with atomic_output(Path(path)) as tmp:
-        Path(tmp).write_bytes(payload)
+        Image.fromarray(image).save(tmp, format="PNG")  # uint8 (H, W) -> L, (H, W, 3) -> RGB
 
 
 def _square_pixels(slice_2d: np.ndarray, row_mm: float, col_mm: float, order: int) -> np.ndarray:

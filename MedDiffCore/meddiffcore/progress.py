@@ -90,9 +90,11 @@ class Reporter:
     def log(self, message: str, level: str = "info") -> None:
         self.emit({"event": "log", "level": level, "message": message})
 
-    def warning(self, message: str) -> None:
-        """Something the user must know about the result (shown even without progress output)."""
-        self.log(message, level="warning")
+    def warning(self, message: str, hint: str = "") -> None:
+        """Something the user must know about a result that still goes ahead (an input outside what the model was
+        trained for, a model below its classical baseline): a ``log`` event at level ``warning`` with what it means or
+        what to do as ``hint``. Shown by every reporter, also where progress is hidden, and kept by the Slicer side."""
+        self.emit({"event": "log", "level": "warning", "message": message, "hint": hint})
 
     def done(self, outputs: dict[str, Any]) -> None:
         if self._end():
@@ -170,9 +172,13 @@ class TerminalReporter(Reporter):
             self._bar_open = True
             if event["step"] >= event["total"]:
                 self._end_bar()
+        elif warning:
+            self._end_bar()
+            hint = f"\n  {event['hint']}" if event.get("hint") else ""
+            self.stream.write(f"warning: {event['message']}{hint}\n")
         elif kind == "log":
             self._end_bar()
-            self.stream.write(f"{'warning: ' if warning else ''}{event['message']}\n")
+            self.stream.write(f"{event['message']}\n")
         elif kind == "error":
             self._end_bar()
             hint = f"\n  fix: {event['hint']}" if event.get("hint") else ""

@@ -184,8 +184,7 @@ class EngineProcess:
         self.kill_after_s = kill_after_s
         self.progress = Progress()
         self.log: list[str] = []
-        #: The engine's warnings about its result (log events of level "warning"), in order.
-        self.warnings: list[str] = []
+        self.warnings: list[str] = []  # the engine's warnings about this result (also in the log), for the panel
         self.outputs: dict[str, str] | None = None
         self.failure: Failure | None = None
         self.returncode: int | None = None
@@ -319,10 +318,12 @@ class EngineProcess:
         elif kind == "progress":
             self.progress = Progress(str(event.get("phase", "")), int(event.get("step", 0)), int(event.get("total", 0)),
                                      event.get("eta_s"))
+        elif kind == "log" and event.get("level") == "warning":
+            hint = f" {event['hint']}" if event.get("hint") else ""
+            self.warnings.append(f"{event.get('message', '')}{hint}")
+            self.log.append(f"warning: {self.warnings[-1]}")
         elif kind == "log":
             self.log.append(str(event.get("message", "")))
-            if event.get("level") == "warning":
-                self.warnings.append(str(event.get("message", "")))
         elif kind == "started":
             self.log.append(f"engine started: {event.get('task')} (model {event.get('model')}, device {event.get('device')})")
         elif kind == "done":

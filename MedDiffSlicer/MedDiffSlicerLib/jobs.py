@@ -60,8 +60,10 @@ class EngineChain:
             raise ValueError("an engine chain needs at least one job file")
         self.engines = [EngineProcess(f, python=python, env=env) for f in job_files]
         self.log: list[str] = []
+        self.warnings: list[str] = []
         for engine in self.engines:
-            engine.log = self.log  # one log for the whole chain, in order
+            engine.log = self.log  # one log and one list of warnings for the whole chain, in order
+            engine.warnings = self.warnings
         self._index = 0
         self.outputs: dict[str, str] | None = None
         self.failure = None
@@ -78,10 +80,6 @@ class EngineChain:
     @property
     def pid(self) -> int | None:
         return self.current.pid
-
-    @property
-    def warnings(self) -> list[str]:
-        return [w for engine in self.engines for w in engine.warnings]
 
     @property
     def finished(self) -> bool:
@@ -162,8 +160,8 @@ class NodeJob:
 
     @property
     def warnings(self) -> list[str]:
-        """What the engine warned about its result (e.g. a prior measured worse than the iterative baseline)."""
-        return list(self.engine.warnings)
+        """The engine's warnings about the result (an input outside the model's training domain, ...)."""
+        return self.engine.warnings
 
     @property
     def succeeded(self) -> bool:

@@ -297,8 +297,12 @@ class JobRunner:
         if job.succeeded:
             self.ui.progressBar.setValue(100)
             self.ui.progressBar.setFormat("done")
-            self.ui.statusLabel.setText("Added " + ", ".join(n.GetName() for n in job.nodes
-                                                             if n.IsA("vtkMRMLVolumeNode") or n.IsA("vtkMRMLSequenceNode")) + ".")
+            added = "Added " + ", ".join(n.GetName() for n in job.nodes
+                                         if n.IsA("vtkMRMLVolumeNode") or n.IsA("vtkMRMLSequenceNode")) + "."
+            warnings = job.warnings
+            if warnings:  # shown where the result is announced, not only in the log
+                added += f" Warning: {warnings[0]}" + (f" (and {len(warnings) - 1} more in the log)" if len(warnings) > 1 else "")
+            self.ui.statusLabel.setText(added)
             self.on_done(job)
         elif job.failure.cancelled:
             self.ui.progressBar.setFormat("cancelled")

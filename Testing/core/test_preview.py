@@ -1,36 +1,27 @@
 """PNG previews are real PNGs with the three orthogonal mid-slices in the asked window."""
 
-import zlib
-
 import numpy as np
+import pytest
+from PIL import Image
 
 from meddiffcore.preview import Window, orthogonal_slices, preview_array, write_png
 
 
-def _read_png_gray(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height = 8, b"", None, None
-    while pos < len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        crc = int.from_bytes(data[pos + 8 + length:pos + 12 + length], "big")
-        assert zlib.crc32(kind + body) & 0xFFFFFFFF == crc
-        if kind == b"IHDR":
-            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    raw = zlib.decompress(idat)
-    rows = [raw[r * (width + 1) + 1:(r + 1) * (width + 1)] for r in range(height)]
-    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(height, width)
-
-
-def test_png_round_trip(tmp_path):
-    image = (np.arange(35 * 20) % 256).astype(np.uint8).reshape(35, 20)
+@pytest.mark.parametrize("shape, mode", [((35, 20), "L"), ((35, 20, 3), "RGB")])
+def test_png_round_trip(tmp_path, shape, mode):
+    image = (np.arange(int(np.prod(shape))) % 256).astype(np.uint8).reshape(shape)
     write_png(tmp_path / "a.png", image)
-    assert np.array_equal(_read_png_gray(tmp_path / "a.png"), image)
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "a.png") as png:
+        assert png.format == "PNG" and png.mode == mode
+        assert np.array_equal(np.asarray(png), image)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+
+
+def test_png_of_a_volume_is_refused_and_nothing_is_written(tmp_path):
+    with pytest.raises(ValueError, match="expected an"):
+        write_png(tmp_path / "a.png", np.zeros((4, 4, 4), dtype=np.uint8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_window_maps_level_to_mid_gray_and_clips():

@@ -201,14 +201,17 @@ def card_warnings(model, task: str, setting: float, mode: str) -> list[str]:
                  and figures[f"{mode}_{m}"] < figures[f"iterative_{m}"]]
         if worse:
             out.append(f"model '{model.card.name}' ({mode} mode) measured worse than the iterative baseline on {key}: "
-                       + "; ".join(worse) + " (its card's figures); compare with the iterative baseline "
-                       "(--iterative-out) before trusting it")
+                       + "; ".join(worse) + " (its card's figures)")
     return out
+
+
+WARNING_HINT = ("compare the result with the iterative baseline (--iterative-out; the Slicer panel shows it beside the "
+                "result) before trusting it; the prior was trained on phantoms")
 
 
 def _warn(reporter: Reporter, messages: list[str], info: dict) -> None:
     for message in messages:
-        reporter.warning(message)
+        reporter.warning(message, WARNING_HINT)
     if messages:
         info["warnings"] = messages
 
