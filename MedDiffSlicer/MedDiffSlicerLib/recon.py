@@ -4,8 +4,8 @@ Runs the engine jobs ``recon.ct``, ``recon.mri`` and ``recon.zsr`` (see
 ``meddiffcore.tasks.recon.run``). A simulation starts from a fully sampled
 volume: the engine measures it (N parallel-beam views, an undersampled k-space,
 or thick slices) and reconstructs, so the result can be compared side by side
-with the classical baseline (FBP, zero-filled, interpolated) and with the
-volume itself. A real sinogram comes as a volume (z = slice, y = angle, x =
+with the classical baselines (FBP or zero-filled, the iterative TV
+reconstruction, interpolated) and with the volume itself. A real sinogram comes as a volume (z = slice, y = angle, x =
 detector bin) with one angle in degrees per row.
 """
 
@@ -19,13 +19,13 @@ from .errors import Failure, LaunchError
 from .exchange import ExchangeError, Grid, WorkFolder, read_volume_node, show_with_window, write_volume_node
 from .jobs import NodeJob, RunOptions, collect_atomically, launch
 
-#: Problem -> (engine task, what the user gives, the baseline's name).
+#: Problem -> (engine task, what the user gives, the baseline's name, the iterative baseline's name or None).
 PROBLEMS = {
-    "ct-simulate": ("recon.ct", "a CT volume to measure with N parallel-beam views", "FBP"),
-    "ct-sinogram": ("recon.ct", "a sinogram volume (z, angle, detector) and its angles", "FBP"),
-    "mri-simulate": ("recon.mri", "an MR volume to undersample in k-space", "zero-filled"),
-    "zsr-simulate": ("recon.zsr", "a thin-slice MR volume to average into thick slices", "interpolated"),
-    "zsr": ("recon.zsr", "a thick-slice MR volume", "interpolated"),
+    "ct-simulate": ("recon.ct", "a CT volume to measure with N parallel-beam views", "FBP", "TV iterative"),
+    "ct-sinogram": ("recon.ct", "a sinogram volume (z, angle, detector) and its angles", "FBP", "TV iterative"),
+    "mri-simulate": ("recon.mri", "an MR volume to undersample in k-space", "zero-filled", "CS iterative"),
+    "zsr-simulate": ("recon.zsr", "a thin-slice MR volume to average into thick slices", "interpolated", None),
+    "zsr": ("recon.zsr", "a thick-slice MR volume", "interpolated", None),
 }
 #: Display window (level, width) in HU for CT results; MR results use automatic windows.
 CT_WINDOW_HU = (40.0, 400.0)
@@ -86,12 +86,14 @@ def start_reconstruction(volume_node, options: ReconOptions, python: Sequence[st
                          env: dict[str, str] | None = None) -> NodeJob:
     """Start the reconstruction of ``volume_node`` (the sinogram for ``ct-sinogram``); returns the running job.
 
-    The job's nodes on success: the reconstruction, then the baseline. Raises
-    LaunchError (scene unchanged) when the input cannot be used.
+    The job's nodes on success: the reconstruction, the baseline, then (CT and MRI) the
+    iterative baseline (TV least squares / TV compressed sensing from the same measurements);
+    ``job.warnings`` says where the model's card measured it worse than the iterative baseline.
+    Raises LaunchError (scene unchanged) when the input cannot be used.
     """
     if options.problem not in PROBLEMS:
         raise LaunchError(Failure("BAD_CONFIG", f"unknown problem '{options.problem}'", f"use one of {', '.join(PROBLEMS)}"))
-    task, what, baseline_name = PROBLEMS[options.problem]
+    task, what, baseline_name, iterative_name = PROBLEMS[options.problem]
     if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA(
             "vtkMRMLLabelMapVolumeNode"):
         raise _bad_input("no scalar volume selected as input", f"select {what}")
@@ -120,14 +122,15 @@ def start_reconstruction(volume_node, options: ReconOptions, python: Sequence[st
     grid = Grid.of(volume_node) if options.problem in ("ct-simulate", "mri-simulate", "zsr-simulate") else None
     window = CT_WINDOW_HU if options.modality == "ct" else None
     base = volume_node.GetName()
-    names = {"volume": f"{base} {options.mode.upper()} recon", "baseline": f"{base} {baseline_name}"}
+    names = {"volume": f"{base} {options.mode.upper()} recon", "baseline": f"{base} {baseline_name}",
+             "iterative": f"{base} {iterative_name}"}
 
     def collect(outputs: dict[str, str]) -> list:
         if "volume" not in outputs:
             raise ExchangeError("the engine finished but reported no volume")
 
         def load_all(added: list) -> None:
-            for key in ("volume", "baseline"):
+            for key in ("volume", "baseline", "iterative"):
                 if key in outputs:
                     node = read_volume_node(Path(outputs[key]), scene, names[key], grid, like=volume_node)
                     added.append(node)
@@ -135,5 +138,6 @@ def start_reconstruction(volume_node, options: ReconOptions, python: Sequence[st
 
         return collect_atomically(load_all)
 
-    outputs = {"volume": str(work.file("recon.nrrd")), "baseline": str(work.file("baseline.nrrd"))}
+    outputs = {"volume": str(work.file("recon.nrrd")), "baseline": str(work.file("baseline.nrrd")),
+               **({"iterative": str(work.file("iterative.nrrd"))} if iterative_name else {})}
     return launch(work, task, inputs, outputs, options, options.params(), collect, python=python, env=env)

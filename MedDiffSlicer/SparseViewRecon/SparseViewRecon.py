@@ -47,7 +47,9 @@ class SparseViewRecon(ScriptedLoadableModule):
             "Reconstruct a volume from incomplete measurements with a pair of 2D diffusion priors on perpendicular planes: "
             "sparse-view CT (a measured sinogram with its angles, or simulated from a volume with N views), compressed-"
             "sensing MRI (simulated from a volume with an acceleration and a mask) and MRI z-axis super-resolution (from "
-            "thick slices). Simulations also give the classical baseline (FBP, zero-filled, interpolated) for comparison.")
+            "thick slices). The classical baselines come with the result for comparison: FBP or zero-filled, the iterative "
+            "TV reconstruction from the same measurements (CT, MRI), cubic interpolation (z-SR); a model whose card "
+            "measured it worse than the iterative baseline says so.")
         self.parent.acknowledgementText = _(
             "Two-perpendicular-2D-diffusion-model (TPDM) reconstruction and a fast DDS-style sampler with conjugate-"
             "gradient data consistency.")
@@ -75,6 +77,7 @@ class SparseViewReconParameterNode:
     wheelFolder: pathlib.Path = pathlib.Path()  # offline install: a folder of wheels
     outputVolume: vtkMRMLScalarVolumeNode
     baselineVolume: vtkMRMLScalarVolumeNode
+    iterativeVolume: vtkMRMLScalarVolumeNode
 
 
 class SparseViewReconWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -149,12 +152,23 @@ class SparseViewReconWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
     def _onJobDone(self, job) -> None:
         if not self._parameterNode or not job.nodes:
             return
-        self._parameterNode.outputVolume = job.nodes[0]
-        self._parameterNode.baselineVolume = job.nodes[1] if len(job.nodes) > 1 else None
-        self.logic.showSideBySide(job.nodes[0], job.nodes[1] if len(job.nodes) > 1 else None)
-        if len(job.nodes) > 1:
-            self.ui.statusLabel.setText(_("Added {result} and {baseline}; the baseline is in the foreground: fade it in to "
-                                          "compare.").format(result=job.nodes[0].GetName(), baseline=job.nodes[1].GetName()))
+        nodes = list(job.nodes) + [None, None]
+        result, baseline, iterative = nodes[0], nodes[1], nodes[2]
+        self._parameterNode.outputVolume = result
+        self._parameterNode.baselineVolume = baseline
+        self._parameterNode.iterativeVolume = iterative
+        compared = iterative or baseline  # the strongest classical baseline goes beside the result
+        self.logic.showSideBySide(result, compared)
+        text = ""
+        if compared is not None:
+            text = _("Added {result}, {others}; {compared} is in the foreground: fade it in to compare.").format(
+                result=result.GetName(), others=", ".join(n.GetName() for n in (baseline, iterative) if n is not None),
+                compared=compared.GetName())
+        warnings = getattr(job, "warnings", [])
+        if warnings:
+            text = _("Warning: {warning}").format(warning=" ".join(warnings)) + ("\n" + text if text else "")
+        if text:
+            self.ui.statusLabel.setText(text)
 
 
 class SparseViewReconLogic(ScriptedLoadableModuleLogic):
@@ -185,7 +199,8 @@ class SparseViewReconLogic(ScriptedLoadableModuleLogic):
         return recon.start_reconstruction(parameterNode.inputVolume, self.options(parameterNode), env=self.engineEnv)
 
     def reconstruct(self, inputNode, options: recon.ReconOptions, timeoutSeconds: Optional[float] = None) -> list:
-        """Blocking mode (scripts, tests): [reconstruction, baseline], or RuntimeError with the failure's text."""
+        """Blocking mode (scripts, tests): [reconstruction, baseline, iterative baseline (CT, MRI)], or RuntimeError
+        with the failure's text."""
         job = recon.start_reconstruction(inputNode, options, env=self.engineEnv)
         if not job.wait(timeoutSeconds):
             job.cancel()
@@ -195,7 +210,8 @@ class SparseViewReconLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def showSideBySide(resultNode, baselineNode=None) -> None:
-        """The reconstruction in the background, the baseline in the foreground (opacity 0: fade in to compare)."""
+        """The reconstruction in the background, a baseline (the iterative one where there is one) in the foreground
+        (opacity 0: fade in to compare)."""
         slicer.util.setSliceViewerLayers(background=resultNode, foreground=baselineNode, foregroundOpacity=0.0, fit=True)
 
 
@@ -231,9 +247,10 @@ class SparseViewReconTest(ScriptedLoadableModuleTest):
         logic = SparseViewReconLogic()
         node = self._phantom()
         options = recon.ReconOptions(model="recon-ct-demo", problem="ct-simulate", views=8, steps=3, seed=0, device="cpu")
-        result, baseline = logic.reconstruct(node, options, timeoutSeconds=600)
+        result, baseline, iterative = logic.reconstruct(node, options, timeoutSeconds=600)
         self.assertEqual(result.GetImageData().GetDimensions(), node.GetImageData().GetDimensions())
         self.assertEqual(baseline.GetImageData().GetDimensions(), node.GetImageData().GetDimensions())
+        self.assertEqual(iterative.GetImageData().GetDimensions(), node.GetImageData().GetDimensions())
         self.delayDisplay("Test passed")
 
     def test_BadAnglesRefused(self):

@@ -57,10 +57,29 @@ def test_simulated_sparse_view_ct_gives_recon_and_fbp_and_writes_the_panel_pictu
     run_until_idle(double, widget, on_tick=grab_while_running(widget, picture))
     assert double.errors == [], double.errors
     assert params.outputVolume.GetName() == "phantom FAST recon" and params.baselineVolume.GetName() == "phantom FBP"
-    layers = double.slice_layers[-1]
-    assert layers["background"] is params.outputVolume and layers["foreground"] is params.baselineVolume
+    assert params.iterativeVolume.GetName() == "phantom TV iterative"
+    layers = double.slice_layers[-1]  # the strongest classical baseline (the iterative one) beside the result
+    assert layers["background"] is params.outputVolume and layers["foreground"] is params.iterativeVolume
     assert "fade it in" in widget.ui.statusLabel.text()
     keep_picture(widget, picture, SCREENSHOT)
+
+
+def test_a_model_measured_worse_than_the_iterative_baseline_warns_in_the_panel(double, monkeypatch):
+    from meddiffcore.tasks.recon.evaluate import store_in_card
+
+    store_in_card(TINY_RECON_CT, {"ct 8 views (phantoms)": {"fast_psnr_w80": 7.0, "iterative_psnr_w80": 8.4}})
+    try:
+        _phantom_node(double.scene)
+        widget = make_widget(NAME, monkeypatch)
+        params = widget._parameterNode
+        params.views, params.steps, params.seed, params.device = 6, 2, 0, "cpu"
+        widget.ui.applyButton.click()
+        run_until_idle(double, widget)
+        assert double.errors == [], double.errors
+        status = widget.ui.statusLabel.text()
+        assert status.startswith("Warning:") and "W 80 / L 40 window 7 vs 8.4" in status and "fade it in" in status
+    finally:
+        store_in_card(TINY_RECON_CT, {"ct 8 views (phantoms)": {}})
 
 
 def test_angles_that_do_not_match_the_sinogram_are_refused_with_their_fix(double, monkeypatch):

@@ -36,17 +36,20 @@ def _fast(model, problem, **kw):
     return recon.ReconOptions(model=model, problem=problem, steps=2, seed=0, device="cpu", **kw)
 
 
-def test_ct_simulated_from_a_volume_gives_recon_and_fbp_on_its_grid(scene, env):
+def test_ct_simulated_from_a_volume_gives_recon_fbp_and_the_iterative_baseline_on_its_grid(scene, env):
     node = _volume(scene, _phantom("ct"))
     job = recon.start_reconstruction(node, _fast(TINY_RECON_CT, "ct-simulate", views=6), env=env)
     assert job.wait(180), job.log
-    result, baseline = job.nodes
+    result, baseline, iterative = job.nodes
     assert result.GetName() == "phantom FAST recon" and baseline.GetName() == "phantom FBP"
+    assert iterative.GetName() == "phantom TV iterative"
+    assert iterative.GetDisplayNode().GetWindow() == pytest.approx(recon.CT_WINDOW_HU[1])
     for out in job.nodes:
         np.testing.assert_allclose(Grid.of(out).ijk_to_ras, OBLIQUE, atol=1e-9)
         assert slicer.util.arrayFromVolume(out).shape == (16, 16, 16)
     assert result.GetDisplayNode().GetWindow() == pytest.approx(recon.CT_WINDOW_HU[1])
     assert not np.array_equal(slicer.util.arrayFromVolume(result), slicer.util.arrayFromVolume(baseline))
+    assert not np.array_equal(slicer.util.arrayFromVolume(iterative), slicer.util.arrayFromVolume(baseline))
 
 
 def test_mri_undersampled_and_zsr_simulations_run(scene, env):
@@ -54,7 +57,7 @@ def test_mri_undersampled_and_zsr_simulations_run(scene, env):
     job = recon.start_reconstruction(node, _fast(TINY_RECON_MRI, "mri-simulate", acceleration=4, mask_kind="equispaced"),
                                      env=env)
     assert job.wait(180), job.log
-    assert [n.GetName() for n in job.nodes] == ["phantom FAST recon", "phantom zero-filled"]
+    assert [n.GetName() for n in job.nodes] == ["phantom FAST recon", "phantom zero-filled", "phantom CS iterative"]
     job = recon.start_reconstruction(node, _fast(TINY_RECON_MRI, "zsr-simulate", factor=2), env=env)
     assert job.wait(180), job.log
     assert Grid.of(job.nodes[1]).same_as(Grid.of(node)) and job.nodes[1].GetName() == "phantom interpolated"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -21,3 +22,13 @@ def install_tiny_recon_model(home: Path, name: str = "tiny-recon", modality: str
     pair = PriorPair(cfg.network, cfg.diffusion)
     save_model(home / "models", TASK.model_card(cfg), pair.state_dict())
     return name
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """A private MEDDIFF_HOME with the tiny CT and MRI prior pairs ``tiny-ct`` and ``tiny-mri``."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("MEDDIFF_HOME", str(h))
+    install_tiny_recon_model(h, "tiny-ct", "ct")
+    install_tiny_recon_model(h, "tiny-mri", "mri")
+    return h

@@ -16,18 +16,9 @@ from meddiffcore.io import Volume, read_volume, write_volume
 from meddiffcore.tasks.recon.phantoms import make_phantom
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recon_helpers import install_tiny_recon_model  # noqa: E402
+from recon_helpers import home, install_tiny_recon_model  # noqa: E402,F401
 
 FAST = ["--steps", "3", "--cg-iters", "2", "--device", "cpu", "--progress", "none", "--seed", "1"]
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("MEDDIFF_HOME", str(h))
-    install_tiny_recon_model(h, "tiny-ct", "ct")
-    install_tiny_recon_model(h, "tiny-mri", "mri")
-    return h
 
 
 def _ct_volume(path: Path, shape=(16, 16, 16)) -> Volume:

@@ -16,6 +16,8 @@ from .common import add_job_options, execute
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="reconstructed volume (.nii.gz, .nrrd, .mha)")
     p.add_argument("--baseline-out", default=None, help="also write the classical baseline (FBP / zero-filled / cubic)")
+    p.add_argument("--iterative-out", default=None,
+                   help="also write the iterative baseline (CT: TV-regularised least squares; MRI: TV compressed sensing)")
     p.add_argument("--mode", choices=["tpdm", "fast"], default="fast",
                    help="tpdm: the seed's predictor-corrector + DPS sampler (thousands of network passes); "
                         "fast: DDS-style few steps with conjugate-gradient data consistency (default)")
@@ -85,7 +87,8 @@ def register(subparsers, groups) -> None:
         ph.add_argument("--save-job", default=None)
         ph.set_defaults(handler=_phantom, modality=modality)
 
-    ev = groups["evaluate"].add_parser("recon", help="PSNR/SSIM of the recon priors against FBP, zero-filled and cubic baselines")
+    ev = groups["evaluate"].add_parser("recon", help="PSNR/SSIM of the recon priors against FBP, zero-filled, cubic and iterative (TV) "
+                                                    "baselines, in full range and in the clinical window")
     ev.add_argument("--model", default=None, help="CT model (default recon-ct-demo)")
     ev.add_argument("--mri-model", default=None, help="MRI model (default recon-mri-demo)")
     ev.add_argument("--tasks", default="ct,mri,zsr", help="comma-separated subset of ct, mri, zsr")
@@ -98,6 +101,7 @@ def register(subparsers, groups) -> None:
     ev.add_argument("--accelerations", default="4,8")
     ev.add_argument("--factors", default="2,4")
     ev.add_argument("--mni", action="store_true", help="also evaluate the MRI tasks on nilearn's MNI152 T1 template")
+    ev.add_argument("--real-ct", action="store_true", help="also evaluate CT on pydicom's 512^2 head CT slice (resampled to 2 x --size, 16 slices)")
     ev.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ev.add_argument("--update-card", action="store_true", help="store the figures in the models' cards (metrics.evaluation)")
     ev.add_argument("--seed", type=int, default=0)
@@ -114,7 +118,7 @@ def _ct(args) -> int:
         if not (args.sinogram and args.angles):
             return _usage("recon ct needs --sinogram and --angles, or --simulate-from VOLUME")
         inputs = {"sinogram": args.sinogram, "angles": args.angles}
-    outputs = {"volume": args.out, **({"baseline": args.baseline_out} if args.baseline_out else {})}
+    outputs = _outputs(args)
     job = Job(task="recon.ct", inputs=inputs, outputs=outputs, model=args.model,
               params=_params(args, {"views": args.views, "filter": args.filter}), device=args.device, seed=args.seed)
     return execute(job, args)
@@ -129,7 +133,7 @@ def _mri(args) -> int:
         if not (args.kspace and args.mask):
             return _usage("recon mri needs --kspace and --mask, or --simulate-from VOLUME")
         inputs = {"kspace": args.kspace, "mask": args.mask, **({"geometry": args.geometry} if args.geometry else {})}
-    outputs = {"volume": args.out, **({"baseline": args.baseline_out} if args.baseline_out else {})}
+    outputs = _outputs(args)
     job = Job(task="recon.mri", inputs=inputs, outputs=outputs, model=args.model,
               params=_params(args, {"acceleration": args.acceleration, "mask_kind": args.mask_kind}),
               device=args.device, seed=args.seed)
@@ -139,7 +143,7 @@ def _mri(args) -> int:
 def _zsr(args) -> int:
     from ..jobs import Job
 
-    outputs = {"volume": args.out, **({"baseline": args.baseline_out} if args.baseline_out else {})}
+    outputs = _outputs(args)
     job = Job(task="recon.zsr", inputs={"volume": args.volume}, outputs=outputs, model=args.model,
               params=_params(args, {"factor": args.factor, "simulate": bool(args.simulate)}), device=args.device,
               seed=args.seed)
@@ -154,6 +158,11 @@ def _phantom(args) -> int:
         params["kind"] = args.kind
     job = Job(task="recon.phantom", outputs={"volume": args.out}, params=params, device="cpu", seed=args.seed)
     return execute(job, args)
+
+
+def _outputs(args) -> dict:
+    return {"volume": args.out, **({"baseline": args.baseline_out} if args.baseline_out else {}),
+            **({"iterative": args.iterative_out} if getattr(args, "iterative_out", None) else {})}
 
 
 def _usage(message: str) -> int:

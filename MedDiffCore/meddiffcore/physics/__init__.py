@@ -6,6 +6,7 @@ DPS gradients and conjugate-gradient data consistency (:func:`conjugate_gradient
 """
 
 from .operator import LinearOperator, adjoint_mismatch, conjugate_gradient, data_consistency_cg
+from .iterative import ITERATIVE, iterative_baseline, tv_least_squares
 from .mri import CartesianMRI, fft2c, ifft2c, make_mask, mask_acceleration
 from .radon import FILTERS, ParallelBeam, fbp_filter, filter_sinogram
 from .zsr import SliceAverage
@@ -13,6 +14,7 @@ from .zsr import SliceAverage
 __all__ = [
     "CartesianMRI",
     "FILTERS",
+    "ITERATIVE",
     "LinearOperator",
     "ParallelBeam",
     "SliceAverage",
@@ -23,6 +25,8 @@ __all__ = [
     "fft2c",
     "filter_sinogram",
     "ifft2c",
+    "iterative_baseline",
     "make_mask",
     "mask_acceleration",
+    "tv_least_squares",
 ]

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...physics import ParallelBeam, SliceAverage
+from ...physics import ParallelBeam, SliceAverage, iterative_baseline
+from ...physics.iterative import normal_norm
 from ...physics.mri import RealCartesianMRI, ifft2c
 
 
@@ -26,6 +27,12 @@ class CTProblem:
 
     def baseline(self, y: Tensor, filter_name: str = "ramp") -> Tensor:
         return self.beam.fbp(y, filter_name)
+
+    def iterative(self, y: Tensor, start: Tensor | None = None, outer: int | None = None) -> Tensor:
+        """TV-regularised least squares (``physics.ITERATIVE["ct"]``) from ``start`` (default: the FBP image)."""
+        return iterative_baseline("ct", self, y, self.baseline(y) if start is None else start, outer)
+
+    start_image = iterative
 
 
 @dataclass
@@ -46,6 +53,13 @@ class MRIProblem:
     def baseline(self, y: Tensor) -> Tensor:
         """Zero-filled magnitude."""
         return ifft2c(y * self.mask.to(y.device)).abs()
+
+    def iterative(self, y: Tensor, start: Tensor | None = None, outer: int | None = None) -> Tensor:
+        """Compressed sensing: TV-regularised least squares (``physics.ITERATIVE["mri"]``) from ``start`` (default:
+        the zero-filled image)."""
+        return iterative_baseline("mri", self, y, self.baseline(y) if start is None else start, outer)
+
+    start_image = iterative
 
 
 @dataclass
@@ -68,6 +82,8 @@ class ZSRProblem:
         """Cubic-spline interpolation along z from thick-slice centres to thin-slice centres."""
         return torch.from_numpy(cubic_z_upsample(y.detach().cpu().double().numpy(), self.factor)).to(y)
 
+    start_image = baseline  # no iterative baseline for z-SR: fast mode refines the cubic interpolation
+
 
 def cubic_z_upsample(thick: np.ndarray, factor: int) -> np.ndarray:
     from scipy.interpolate import make_interp_spline
@@ -83,13 +99,4 @@ def cubic_z_upsample(thick: np.ndarray, factor: int) -> np.ndarray:
 
 def operator_norm(problem, shape: tuple[int, ...], device, iters: int = 12, seed: int = 0) -> float:
     """Largest eigenvalue of ``A^T A`` by power iteration (for step sizes)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(shape, generator=g).to(device)
-    v = v / v.norm()
-    lam = 1.0
-    for _ in range(iters):
-        w = problem.adjoint(problem.forward(v))
-        w = w.real if w.is_complex() else w
-        lam = float(w.norm())
-        v = w / max(lam, 1e-30)
-    return lam
+    return normal_norm(problem, shape, device, iters=iters, seed=seed)

@@ -25,10 +25,12 @@ import torch
 
 from ...errors import BadInputError, ConfigError, ModelError
 from ...jobs import Job
+from ...physics.iterative import ITERATIVE
 from ...progress import Reporter
 
 DEFAULT_MODELS = {"ct": "recon-ct-demo", "mri": "recon-mri-demo", "zsr": "recon-mri-demo"}
 MODES = ("tpdm", "fast")
+STARTS = ("noise", "iterative")
 MRI_TARGET = 0.8
 
 
@@ -44,6 +46,13 @@ class Settings:
     eta: float
     chunk: int
     batch: int = 6
+    start: str = "noise"
+    """Fast mode: ``"noise"`` (from pure noise at the prior's largest sigma) or ``"iterative"`` (from the iterative
+    baseline with noise ``start_sigma`` added: the prior refines the classical reconstruction it starts from)."""
+    start_sigma: float = 0.1
+    final_tv: int = 0
+    """Fast mode from the iterative baseline: outer iterations of the baseline's own TV-regularised least squares run
+    from the sampler's result (0: none), so the result keeps the regulariser the baseline had."""
     authors: bool = False
     """``mode="tpdm"`` on a model whose card names ``"sampler": "authors"`` (imported TPDM pairs): the
     authors' own sampler (:func:`~meddiffcore.tasks.recon.tpdm.sample_tpdm_authors`)."""
@@ -83,6 +92,10 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
     if mode not in MODES:
         raise ConfigError(f"unknown mode '{mode}'", "use --mode tpdm (the seed's sampler) or --mode fast (DDS-style)")
     d = card_defaults.get(mode, {})
+    start = params.get("start", d.get("start", "noise"))
+    if start not in STARTS:
+        raise ConfigError(f"unknown fast-mode start '{start}'",
+                          "use start=iterative (refine the iterative baseline) or start=noise (sample from noise)")
     lam_default = _default_lambda(d, lookup) if mode == "tpdm" and "lambda" not in params else d.get("lambda", 1.0)
     return Settings(
         mode=mode,
@@ -95,6 +108,9 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
         eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
         chunk=_number(params, "chunk", 64, int, 1, 100000),
         batch=_number(params, "batch", d.get("batch", 6), int, 1, 100000),
+        start=start,
+        start_sigma=_number(params, "start_sigma", d.get("start_sigma", 0.1), float, 1e-6, 1e6),
+        final_tv=_number(params, "final_tv", d.get("final_tv", 0), int, 0, 1000),
         authors=mode == "tpdm" and d.get("sampler") == "authors",
     )
 
@@ -130,7 +146,7 @@ def _outputs(job: Job) -> tuple[Path, Path | None]:
     from ...io import VOLUME_WRITE_EXTENSIONS
     from ...io.atomic import split_extension
 
-    for p in filter(None, (out, job.outputs.get("baseline"))):
+    for p in filter(None, (out, job.outputs.get("baseline"), job.outputs.get("iterative"))):
         if split_extension(Path(p).name)[1].lower() not in VOLUME_WRITE_EXTENSIONS:
             raise ConfigError(f"cannot write '{p}': unknown volume extension",
                               f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
@@ -138,6 +154,66 @@ def _outputs(job: Job) -> tuple[Path, Path | None]:
             raise BadInputError(f"the output folder of '{p}' does not exist", "create it first")
     base = job.outputs.get("baseline")
     return Path(out), Path(base) if base else None
+
+
+def _iterative_output(job: Job) -> Path | None:
+    path = job.outputs.get("iterative")
+    return Path(path) if path else None
+
+
+#: The card's metrics that a warning compares with the iterative baseline, and what each one measures.
+_WARN_METRICS = {"psnr": "PSNR (full range)", "ssim": "SSIM (full range)", "psnr_w80": "PSNR in the W 80 / L 40 window",
+                 "ssim_w80": "SSIM in the W 80 / L 40 window", "psnr_window": "PSNR in the card's window",
+                 "ssim_window": "SSIM in the card's window", "psnr_mask": "PSNR inside the head",
+                 "ssim_mask": "SSIM inside the head"}
+
+
+def _setting_value(key: str, task: str) -> float | None:
+    """``"ct 16 views (phantoms)"`` -> 16; ``"mri x4 (mni)"`` -> 4; None for another task or a special row."""
+    head = key.split(" (", 1)[0].split()
+    if not head or head[0] != task or len(head) < 2:
+        return None
+    if task == "ct" and len(head) == 3 and head[2] == "views" and head[1].isdigit():
+        return float(head[1])
+    if task == "mri" and len(head) == 2 and head[1].startswith("x"):
+        try:
+            return float(head[1][1:])
+        except ValueError:
+            return None
+    return None
+
+
+def card_warnings(model, task: str, setting: float, mode: str) -> list[str]:
+    """Where the card's measured figures show this prior worse than the iterative baseline, at the measured
+    setting nearest to ``setting`` (views or acceleration), per kind of data (phantoms, real CT, MNI)."""
+    evaluation = (model.card.metrics or {}).get("evaluation", {})
+    rows = [(k, v, _setting_value(k, task)) for k, v in evaluation.items() if isinstance(v, dict)]
+    rows = [(k, v, value) for k, v, value in rows if value is not None]
+    if not rows:
+        return []
+    nearest = min({value for _, _, value in rows}, key=lambda v: abs(math.log(v / max(setting, 1e-9))))
+    out = []
+    for key, figures, value in rows:
+        if value != nearest:
+            continue
+        worse = [f"{what} {figures[f'{mode}_{m}']:g} vs {figures[f'iterative_{m}']:g}" for m, what in _WARN_METRICS.items()
+                 if f"{mode}_{m}" in figures and f"iterative_{m}" in figures
+                 and figures[f"{mode}_{m}"] < figures[f"iterative_{m}"]]
+        if worse:
+            out.append(f"model '{model.card.name}' ({mode} mode) measured worse than the iterative baseline on {key}: "
+                       + "; ".join(worse) + " (its card's figures)")
+    return out
+
+
+WARNING_HINT = ("compare the result with the iterative baseline (--iterative-out; the Slicer panel shows it beside the "
+                "result) before trusting it; the prior was trained on phantoms")
+
+
+def _warn(reporter: Reporter, messages: list[str], info: dict) -> None:
+    for message in messages:
+        reporter.warning(message, WARNING_HINT)
+    if messages:
+        info["warnings"] = messages
 
 
 def _generator(job: Job, device) -> torch.Generator:
@@ -169,14 +245,23 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
         result = sample_tpdm(primary, auxiliary, problem, y, shape, geometric_sigmas(sig_max, sig_min, s.steps), K=s.K,
                              lam=s.lam, lipschitz=lip, snr=s.snr, generator=gen, callback=callback)
     else:
-        sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
+        x_start = None
+        if s.start == "iterative":
+            top = min(s.start_sigma, sig_max)
+            sigmas = [float(v) for v in np.geomspace(top, min(sig_min, top), s.steps)] + [0.0]
+            x_start = problem.start_image(y).to(y.real.dtype if y.is_complex() else y.dtype)
+            reporter.log(f"fast mode refines the iterative baseline from sigma {top:g}")
+        else:
+            sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
         result = sample_fast(primary, auxiliary, problem, y, shape, sigmas, K=s.K, cg_iters=s.cg_iters, gamma=s.gamma,
-                             eta=s.eta, generator=gen, callback=callback)
+                             eta=s.eta, generator=gen, callback=callback, x_start=x_start)
+        if x_start is not None and s.final_tv > 0 and hasattr(problem, "iterative"):
+            result.x = problem.iterative(y, start=result.x, outer=s.final_tv)
     if not bool(torch.isfinite(result.x).all()):
         raise ModelError(f"the {s.mode} reconstruction diverged (non-finite values); nothing was written",
                          "lower --lambda, use more --steps, or check that the model fits this data")
     r = problem.forward(result.x) - y
-    info = {"mode": s.mode, "steps": s.steps, "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
+    info = {"mode": s.mode, "steps": s.steps, **({"start": s.start} if s.mode == "fast" else {}), "network_evaluations": result.nfe, "gradient_evaluations": result.grad_evaluations,
             "seconds": round(result.seconds, 2), "relative_residual": float(r.abs().norm() / y.abs().norm().clamp(min=1e-12))}
     reporter.log(f"done: {result.nfe} network passes, {result.seconds:.1f} s, relative data residual {info['relative_residual']:.4f}")
     return result.x, info
@@ -274,13 +359,19 @@ def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
     problem, y, shape, template, _ = ct_problem_from_job(job, model, device)
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("views", len(problem.beam.angles_deg)))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    _warn(reporter, card_warnings(model, "ct", problem.beam.n_angles, s.mode), info)
     tc = model.intensity
     to_hu = lambda t: (t.detach().cpu().numpy() * tc["scale"] + tc["offset"]).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_hu(x), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_hu(problem.baseline(y, filt))), base_out))
+    iter_out = _iterative_output(job)
+    if iter_out:
+        reporter.log(f"iterative baseline: {ITERATIVE['ct'].describe()}")
+        vols.append((template.with_array(to_hu(problem.iterative(y))), iter_out))
     _write(vols)
-    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {}),
+            **({"iterative": str(iter_out)} if iter_out else {})}
 
 
 def _meta(model, info: dict) -> str:
@@ -380,12 +471,18 @@ def run_mri(job: Job, reporter: Reporter) -> dict[str, str]:
                     else round(1.0 / max(float(problem.mask.float().mean()), 1e-6)))
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("acceleration", acceleration))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
+    _warn(reporter, card_warnings(model, "mri", float(acceleration), s.mode), info)
     to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
     vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
+    iter_out = _iterative_output(job)
+    if iter_out:
+        reporter.log(f"iterative baseline: {ITERATIVE['mri'].describe()}")
+        vols.append((template.with_array(to_out(problem.iterative(y))), iter_out))
     _write(vols)
-    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {})}
+    return {"volume": str(out), **({"baseline": str(base_out)} if base_out else {}),
+            **({"iterative": str(iter_out)} if iter_out else {})}
 
 
 # ---------------------------------------------------------------------------------------------- ZSR
@@ -432,6 +529,9 @@ def run_zsr(job: Job, reporter: Reporter) -> dict[str, str]:
     out, base_out = _outputs(job)
     if "volume" not in job.inputs:
         raise ConfigError("a ZSR job needs input 'volume'", "use --volume THICK.nii.gz")
+    if job.outputs.get("iterative"):
+        raise ConfigError("z-axis super-resolution has no iterative baseline (its baseline is cubic interpolation)",
+                          "drop --iterative-out; --baseline-out writes the cubic interpolation")
     device = resolve_device(job.device)
     model = _load(job, "zsr", device)
     settings_from(job.params, {})
