@@ -38,6 +38,10 @@ WATCH_INTERVAL_S = 0.2
 CANCEL_LINE = "cancel"
 
 
+#: Socket pairs whose write end is the signal wake-up fd; kept open for the life of the process.
+_WAKEUP_SOCKETS: list[tuple[socket.socket, socket.socket]] = []
+
+
 def _start(target: Callable[[], None], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True, name=name)
     thread.start()
@@ -70,6 +74,7 @@ def cancel_on_signals(token: CancelToken) -> bool:
         while receiver.recv(1):
             token.cancel()
 
+    _WAKEUP_SOCKETS.append((receiver, sender))  # the C handler writes to sender's fd: it must never be collected
     _start(watch, "meddiff-signal-watch")
     return True
 
