@@ -48,6 +48,14 @@ def _start(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so a command stopped either way ends
+    the same: its error event, status 130, no output (atomic writes remove their temporaries). Call first thing
+    in a command's main; jobs then switch to their cancel token (:func:`cancel_on_signals`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def cancel_on_signals(token: CancelToken) -> bool:
     """SIGINT, SIGTERM and SIGBREAK (where they exist) set ``token`` instead of ending the process.
 

@@ -52,11 +52,7 @@ def free_gpu_memory_bytes(device) -> int | None:
 def physical_memory_bytes() -> int | None:
     """This machine's main memory in bytes, or None where the system does not say (checked against before
     allocating outputs whose size the user's parameters decide)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        pass
-    if sys.platform == "win32":
+    if os.name == "nt":
         import ctypes
 
         class _Status(ctypes.Structure):
@@ -67,9 +63,11 @@ def physical_memory_bytes() -> int | None:
 
         status = _Status()
         status.length = ctypes.sizeof(_Status)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
-            return int(status.total)
-    return None
+        return int(status.total) if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)) else None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @contextlib.contextmanager

@@ -119,10 +119,15 @@ def check_job(job: Job) -> None:
     (:data:`meddiffcore.checks.VALUE_RANGES`), and no output onto an input or a model file."""
     from .checks import check_outputs_not_inputs, check_value, check_values
 
+    for section, paths in (("inputs", job.inputs), ("outputs", job.outputs)):
+        for key, value in paths.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{section}.{key} must be a path (a string), got {value!r}",
+                                  f"give {section}.{key} as a file or folder path in quotes")
     check_value("seed", job.seed)
     check_values(job.params, {k: f"params.{k}" for k in job.params})
-    inputs = [(f"inputs.{k}", v) for k, v in job.inputs.items() if isinstance(v, str)] + model_paths(job)
-    check_outputs_not_inputs(inputs, [(f"outputs.{k}", v) for k, v in job.outputs.items() if isinstance(v, str)])
+    inputs = [(f"inputs.{k}", v) for k, v in job.inputs.items()] + model_paths(job)
+    check_outputs_not_inputs(inputs, [(f"outputs.{k}", v) for k, v in job.outputs.items()])
 
 
 def run_job(job: Job, reporter: Reporter) -> int:

@@ -183,6 +183,8 @@ class Inputs:
     _make_job_list = staticmethod(lambda r: _write(r / "job_list.json", "[1, 2]"))
     _make_job_unknown_key = staticmethod(lambda r: _job(r / "job_key.json", task="ctp.phantom", outputs={},
                                                         colour="blue"))
+    _make_job_input_number = staticmethod(lambda r: _job(r / "job_number.json", task="recon.ct",
+                                                         inputs={"volume": 5}, outputs={"volume": "o.nii.gz"}))
     _make_job_unknown_task = staticmethod(lambda r: _job(r / "job_task.json", task="ctp.teleport"))
     _make_train_unknown_key = staticmethod(
         lambda r: _write(r / "train.toml", 'task = "uncond"\nname = "x"\nwibble = 3\n'))
@@ -282,28 +284,20 @@ CASES: dict[str, Case] = {
         "inpaint", "--sequence", i.seq, "--bad-frames", "9", "--out", i.out("f.seq.nrrd")], BAD_INPUT,
         ("out of range",)),
     # ---- models
-    "models import: name with ../": Case("models", lambda i: ["models", "import", i.model_escape_name], MODEL,
-                                         ("not a plain name",)),
-    "models import: absolute name": Case("models", lambda i: ["models", "import", i.model_abs_name], MODEL,
-                                         ("not a plain name",)),
-    "models import: weights outside the card's folder": Case("models", lambda i: [
-        "models", "import", i.model_weights_outside], MODEL, ("outside the card's folder",)),
-    "models import: a pickle as weights": Case("models", lambda i: ["models", "import", i.model_pickle], MODEL,
-                                               ("not a safetensors file",)),
-    "models import: truncated weights": Case("models", lambda i: ["models", "import", i.model_truncated], MODEL,
-                                             ("truncated",)),
-    "models import: trailing bytes": Case("models", lambda i: ["models", "import", i.model_trailing], MODEL,
-                                          ("bytes after its last tensor",)),
-    "models import: offsets with a gap": Case("models", lambda i: ["models", "import", i.model_offsets], MODEL,
-                                              ("gap",)),
-    "models import: unknown task": Case("models", lambda i: ["models", "import", i.model_unknown_task], MODEL,
-                                        ("unknown task 'teleport'",)),
-    "models import: weights of another network": Case("models", lambda i: [
-        "models", "import", i.model_wrong_network], MODEL, ("has shape",)),
-    "models import: checksum mismatch": Case("models", lambda i: ["models", "import", i.model_bad_sha], MODEL,
-                                             ("do not match",)),
-    "models import: card not JSON": Case("models", lambda i: ["models", "import", i.model_card_not_json], MODEL,
-                                         ("cannot be read",)),
+    **{f"models import: {what}": Case("models", lambda i, made=made: ["models", "import", getattr(i, made)], MODEL,
+                                      (words,))
+       for what, made, words in (
+           ("name with ../", "model_escape_name", "not a plain name"),
+           ("absolute name", "model_abs_name", "not a plain name"),
+           ("weights outside the card's folder", "model_weights_outside", "outside the card's folder"),
+           ("a pickle as weights", "model_pickle", "not a safetensors file"),
+           ("truncated weights", "model_truncated", "truncated"),
+           ("trailing bytes", "model_trailing", "bytes after its last tensor"),
+           ("offsets with a gap", "model_offsets", "gap"),
+           ("unknown task", "model_unknown_task", "unknown task 'teleport'"),
+           ("weights of another network", "model_wrong_network", "has shape"),
+           ("checksum mismatch", "model_bad_sha", "do not match"),
+           ("card not JSON", "model_card_not_json", "cannot be read"))},
     "generate: a pickle as weights": Case("models", lambda i: ["generate", "--model", i.model_pickle, "--out",
                                                                i.out("g.nii.gz")], MODEL, ("not a safetensors file",)),
     "generate: a model of another task": Case("models", lambda i: ["generate", "--model", "ctca-demo", "--out",
@@ -325,6 +319,8 @@ CASES: dict[str, Case] = {
     "run: job steps 0": Case("jobs", lambda i: ["run", i.job_steps(0)], BAD_CONFIG, ("params.steps", "range")),
     "run: job steps as text": Case("jobs", lambda i: ["run", i.job_steps("many")], BAD_CONFIG,
                                    ("params.steps", "number")),
+    "run: job input not a path": Case("jobs", lambda i: ["run", i.job_input_number], BAD_CONFIG,
+                                      ("inputs.volume", "must be a path")),
     "run: job seed 10**30": Case("jobs", lambda i: ["run", i.job_seed()], BAD_CONFIG, ("seed", "range")),
     "train: unknown config key": Case("configs", lambda i: ["train", i.train_unknown_key], BAD_CONFIG, ("wibble",)),
     "train: config not TOML": Case("configs", lambda i: ["train", i.train_not_toml], BAD_CONFIG, ("bad.toml",)),
@@ -471,3 +467,8 @@ def test_every_kind_of_input_and_every_command_is_covered():
     covered = {name.split()[0].rstrip(":") for name in CASES}  # each case is named after its command
     assert {"synthesize", "inpaint", "perfusion", "upscale", "generate", "recon", "models", "run", "train",
             "phantom", "evaluate"} <= covered
+
+
+def test_readme_states_the_number_of_cases():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"holds {len(CASES)} cases" in readme and f'"{len(CASES) + 2} tests collected"' in readme

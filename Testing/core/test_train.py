@@ -132,3 +132,24 @@ def test_torchrun_two_cpu_processes(tmp_path, meddiff_home):
     assert card["training"]["world_size"] == 2 and card["training"]["steps"] == 4
     # Rank 0 alone writes: one metrics file with one row per logging step.
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_training_stops_on_a_signal_with_the_cancelled_event(tmp_path, meddiff_home, sig):
+    """`python -m meddiffcore.train` handles SIGTERM like Ctrl-C: exit 130, one CANCELLED event, no exported model."""
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    env = dict(os.environ, MEDDIFF_HOME=str(meddiff_home), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "meddiffcore.train", str(_write_config(tmp_path, out, 100000)),
+                             "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    proc.send_signal(getattr(signal, sig))
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    final = [e for e in _events(rest) if e["event"] in ("error", "done")]
+    assert len(final) == 1 and final[0]["code"] == "CANCELLED"
+    assert not (out / "model").exists()

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-import signal
 import sys
-import threading
 
 from .. import __version__
+from ..cancel import interrupt_on_sigterm
 from ..errors import ErrorCode, MedDiffError
 
 #: Exit status of an interrupted command (Ctrl-C or SIGTERM).
@@ -109,8 +108,7 @@ def check_command(args: argparse.Namespace, labels: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM stops any command like Ctrl-C does, from the first line on (job commands then cancel through their
     # own token, see jobs.run_cancellable): exit 130, the error event in JSON mode, no output
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupt_on_sigterm()
     args = argparse.Namespace()
     try:
         parser = build_parser()
