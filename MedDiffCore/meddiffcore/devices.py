@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import sys
 from typing import Any, Iterator
@@ -46,6 +47,27 @@ def free_gpu_memory_bytes(device) -> int | None:
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return int(free)
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's main memory in bytes, or None where the system does not say (checked against before
+    allocating outputs whose size the user's parameters decide)."""
+    if os.name == "nt":
+        import ctypes
+
+        class _Status(ctypes.Structure):
+            _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
+                        ("avail", ctypes.c_ulonglong), ("total_page", ctypes.c_ulonglong),
+                        ("avail_page", ctypes.c_ulonglong), ("total_virtual", ctypes.c_ulonglong),
+                        ("avail_virtual", ctypes.c_ulonglong), ("avail_extended", ctypes.c_ulonglong)]
+
+        status = _Status()
+        status.length = ctypes.sizeof(_Status)
+        return int(status.total) if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)) else None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @contextlib.contextmanager

@@ -98,10 +98,43 @@ def runner_for(task: str) -> Callable[[Job, Reporter], dict[str, str]]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+def model_paths(job: Job) -> list[tuple[str, Path]]:
+    """The files of the job's models (``model``, ``params.hr_model``) that can be found, as labelled inputs."""
+    from .models import find_model
+
+    found = []
+    for label, ref in (("model", job.model), ("hr_model", job.params.get("hr_model"))):
+        if not isinstance(ref, str) or not ref:
+            continue
+        try:
+            files = find_model(ref)
+        except MedDiffError:
+            continue  # the runner reports a missing model with its own advice
+        found += [(f"{label} card", files.card_path), (f"{label} weights", files.weights_path)]
+    return found
+
+
+def check_job(job: Job) -> None:
+    """What every job is checked for before its runner starts: every value within its documented range
+    (:data:`meddiffcore.checks.VALUE_RANGES`), and no output onto an input or a model file."""
+    from .checks import check_outputs_not_inputs, check_value, check_values
+
+    for section, paths in (("inputs", job.inputs), ("outputs", job.outputs)):
+        for key, value in paths.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{section}.{key} must be a path (a string), got {value!r}",
+                                  f"give {section}.{key} as a file or folder path in quotes")
+    check_value("seed", job.seed)
+    check_values(job.params, {k: f"params.{k}" for k in job.params})
+    inputs = [(f"inputs.{k}", v) for k, v in job.inputs.items()] + model_paths(job)
+    check_outputs_not_inputs(inputs, [(f"outputs.{k}", v) for k, v in job.outputs.items()])
+
+
 def run_job(job: Job, reporter: Reporter) -> int:
     """Run a job, reporting every outcome as an event; return the process exit status."""
     try:
         runner = runner_for(job.task)
+        check_job(job)
         reporter.started(job.task, model=job.model, device=job.device)
         with translate_out_of_memory(f"job '{job.task}'"):
             outputs = runner(job, reporter)

@@ -568,12 +568,24 @@ _SEQ_DATA_NODE_CLASS = "vtkMRMLScalarVolumeNode"
 
 
 def _times_from_index(values: list[str], index_type: str, unit: str, md: dict) -> np.ndarray | None:
+    """Frame times in seconds from a sequence's index values, or None with ``md["times_unknown"]`` saying why
+    (non-numeric index, a value that is not a finite number); a unit that is not a time is kept in
+    ``md["index_values_unit"]``. Callers that need real times refuse a sequence whose times are unknown."""
     if index_type and index_type.lower() != "numeric":
+        md["times_unknown"] = f"its frame index is of type '{index_type}', not numeric"
         return None
-    try:
-        t = np.array([float(unquote(v)) for v in values], dtype=np.float64)
-    except ValueError:
+    numbers = []
+    for v in values:
+        try:
+            numbers.append(float(unquote(v)))
+        except ValueError:
+            numbers.append(None)
+    bad = [unquote(v) for v, x in zip(values, numbers) if x is None or not np.isfinite(x)]
+    if bad:
+        md["times_unknown"] = (f"{len(bad)} of its {len(values)} frame index values are not numbers "
+                               f"({', '.join(repr(b) for b in bad[:3])}{', ...' if len(bad) > 3 else ''})")
         return None
+    t = np.array(numbers, dtype=np.float64)
     scale = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "": 1.0,
              "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6, "min": 60.0}.get(unit.lower())
     if scale is None:
@@ -617,6 +629,8 @@ def _read_nrrd_sequence(p: Path) -> Sequence:
                 _CORRUPT_HINT)
         md["index_values"] = [unquote(v) for v in values]
         times = _times_from_index(values, index_type, index_unit, md)
+    elif n_frames > 1:
+        md["times_unknown"] = "it records no frame index values"
     md.update(index_name=index_name or "frame", index_unit=index_unit, index_type=index_type)
     if kv:
         md["nrrd_keyvalues"] = kv

@@ -127,6 +127,11 @@ def to_label_array(array: np.ndarray, mapping: dict[int, int] | None = None, wha
                                 "pass a label map (nearest-neighbour resampled), not an image")
     elif arr.dtype.kind not in "biu":
         raise BadInputError(f"{what} has dtype {arr.dtype}, not whole-number labels", "pass an integer label map")
+    huge = arr[np.abs(arr) > np.iinfo(np.int32).max] if arr.dtype.kind in "fu" or arr.dtype.itemsize > 4 else arr[:0]
+    if huge.size:  # a cast to int64 would wrap (1e300 -> -9223372036854775808): name the real values
+        shown = ", ".join(f"{v:g}" for v in np.unique(huge)[:5].astype(np.float64))
+        raise BadInputError(f"{what} holds values far too large for labels ({shown})",
+                            "a label map holds small whole numbers (ours 0-8); pass a label map, not an image")
     values = np.unique(arr).astype(np.int64)
     if mapping is not None:
         unmapped = [int(v) for v in values if int(v) not in mapping]

@@ -57,6 +57,21 @@ def _read(job) -> Sequence:
     return seq
 
 
+def check_output_memory(n_frames: int, seq: Sequence) -> None:
+    """OutOfMemoryError, before any work, when ``n_frames`` frames of ``seq`` (plus the input) would not fit in
+    this machine's memory."""
+    from meddiffcore.devices import physical_memory_bytes
+    from meddiffcore.errors import OutOfMemoryError
+
+    frame_bytes = int(np.prod(seq.frame_shape)) * max(seq.array.dtype.itemsize, 4)
+    need = (n_frames + len(seq)) * frame_bytes
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise OutOfMemoryError(f"{n_frames} output frames of {'x'.join(map(str, seq.frame_shape))} voxels need "
+                               f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB",
+                               "use a longer --interval, or crop the sequence to fewer slices")
+
+
 def run_inpaint(job, reporter) -> dict[str, str]:
     """Fill a sequence to ``interval`` s and replace ``bad_frames``; output ``sequence``."""
     import torch
@@ -83,6 +98,7 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     if estimate not in ESTIMATES:
         raise ConfigError(f"unknown estimate {estimate!r}", f"use one of {', '.join(ESTIMATES)}")
     plan = make_plan(seq.times_s, interval_s=interval, bad_frames=job.params.get("bad_frames"), max_gap_s=model.max_gap_s)
+    check_output_memory(len(plan.times_s), seq)
     diffs = np.diff(plan.times_s)
     even = diffs.size == 0 or bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=1e-6))
     check_output_path(out_path, job.inputs.get("sequence"), even_times=even)

@@ -67,8 +67,14 @@ def read_ctp_sequence(path, times=None, spacing_mm=None) -> Sequence:
     if seq.metadata.get("time_step_missing"):
         raise BadInputError(f"'{p.name}' does not record its time step (NIfTI pixdim[4] is 0)",
                             "give the frame times with --times (e.g. --times 2 for 2 s sampling)")
-    if len(seq) > 1 and "index_values" in seq.metadata and seq.metadata.get("index_type", "numeric") != "numeric":
-        raise BadInputError(f"'{p.name}' has non-numeric frame index values", "give the frame times with --times")
+    if len(seq) > 1 and seq.metadata.get("times_unknown"):  # never guess 0, 1, 2... s: a 2 s scan would become 1 s
+        raise BadInputError(f"'{p.name}' does not give its frame times: {seq.metadata['times_unknown']}",
+                            "give the frame times in seconds with --times (e.g. --times 0,2,4,... or --times 2 for "
+                            "2 s sampling), or save the sequence with numeric time index values")
+    if len(seq) > 1 and seq.metadata.get("index_values_unit"):
+        raise BadInputError(f"'{p.name}' gives its frame times in '{seq.metadata['index_values_unit']}', which is not a "
+                            "time unit MedDiff knows (s, ms, us, min)",
+                            "give the frame times in seconds with --times, or save the sequence with a time unit")
     return seq
 
 

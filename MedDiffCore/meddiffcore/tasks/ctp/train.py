@@ -25,6 +25,14 @@ class CTPTask:
         check_network(config.network)
         return UNet(config.network)
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
+        from meddiffcore.nets import UNetConfig
+
+        config = UNetConfig.from_dict(card.network)
+        check_network(config)
+        return UNet(config)
+
     def build_dataset(self, config: CTPConfig) -> torch.utils.data.Dataset:
         return CTPTupleDataset(config.data, config.diffusion.peak_margin_s, seed=config.train.seed)
 

@@ -99,10 +99,14 @@ def _read_input(path: str):
     if Path(path).name.lower().endswith(IMAGE_EXTENSIONS):
         if not Path(path).is_file():
             raise BadInputError(f"input image '{path}' does not exist", "check the path")
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError) as exc:  # not an image, truncated, or unreadable
+            raise BadInputError(f"input image '{path}' cannot be read as an image ({type(exc).__name__}: {exc})",
+                                "give an 8-bit grayscale PNG, or a volume file (.nii.gz, .nrrd, .mha)") from None
         return Volume.from_spacing(array[None]), True
     return read_volume(path), False
 
