@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "published"
-WDM, TPDM = DATA / "wdm", DATA / "tpdm"
+WDM, TPDM, CTP, MRNET = DATA / "wdm", DATA / "tpdm", DATA / "ctp", DATA / "mrnet"
 
 #: --set options that describe the tiny fixture checkpoints (all else is the released configuration).
 WDM_TINY = {"base_channels": 8, "channel_mult": [1, 2, 2], "norm_groups": 4}
 TPDM_TINY = {"base_channels": 8, "num_res_blocks": 1}
+#: The tiny CTP container (the authors' create_model with model_channels 32, num_res_blocks 1, channel_mult (1,),
+#: input_size 64).
+CTP_TINY = {"base_channels": 32, "channel_mult": [1], "num_res_blocks": 1, "design_size": 64, "attention_sizes": [8]}
 
 
 def as_set_options(fields: dict) -> list[str]:

@@ -12,10 +12,11 @@ import torch
 from meddiffcore.cli import main as cli_main
 from meddiffcore.errors import EXIT_STATUS, ErrorCode
 from meddiffcore.models import find_model, list_models, sha256_file, verify_model
-from published_helpers import TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options
+from published_helpers import CTP, CTP_TINY, TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options
 
 WDM_FILE = WDM / "wdm_tiny_brats_1200000.pt"
 TPDM_FILE = TPDM / "tpdm_tiny_checkpoint.pth"
+CTP_FILE = CTP / "ctp_tiny_model-tiny.pt"
 
 
 def _import(*args: str) -> int:
@@ -116,3 +117,37 @@ def test_names_existing_models_and_missing_files(meddiff_home, tmp_path, capsys)
     assert _import("--format", "wdm", str(tmp_path / "nothing.pt")) == EXIT_STATUS[ErrorCode.BAD_INPUT]
     assert _import("--format", "cwdm", str(WDM_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]  # which contrast?
     assert "--variant" in capsys.readouterr().err
+
+
+def test_ctp_checkpoint_becomes_a_ctp_model_with_its_ema_schedule_and_the_authors_conventions(meddiff_home, capsys):
+    assert _import("--format", "ctp", str(CTP_FILE), *as_set_options(CTP_TINY)) == 0
+    assert "imported ctp-bae2024" in capsys.readouterr().out  # the one release
+    card = verify_model(find_model("ctp-bae2024"))
+    assert card.task == "ctp" and card.network["architecture"] == "ctp_bae2024"
+    assert card.training["source_sha256"] == [sha256_file(CTP_FILE)] and card.training["step"] == 599999
+    assert "EMA" in card.training["weights"] and "MICCAI 2024" in card.training["paper"]
+    schedule = card.diffusion["schedule"]
+    assert (schedule["num_timesteps"], schedule["beta_start"], schedule["beta_end"]) == pytest.approx((1500, 1e-6, 1e-2))
+    assert (card.diffusion["target"], card.diffusion["prediction"], card.diffusion["clip_x0"]) == ("frame", "eps", True)
+    assert card.task_config["authors_sampler"]["steps"] == 1500 and card.task_config["slab_slices"] == 8
+    assert (card.task_config["window_level_hu"], card.task_config["window_width_hu"]) == (40.0, 80.0)
+    assert card.task_config["conventions"]["channels"].startswith("network input [left acquired frame, noisy")
+
+
+def test_ctp_files_without_ema_of_another_size_or_schedule_are_refused(meddiff_home, tmp_path, capsys):
+    assert _import("--format", "ctp", str(CTP_FILE)) == EXIT_STATUS[ErrorCode.MODEL]  # released config expected
+    err = capsys.readouterr().err
+    assert "does not fit this CTP UNet" in err and "global_context_embed_matrix has shape [3, 128], this CTP UNet " \
+        "needs [3, 256]" in err and "--set" in err
+    container = torch.load(CTP_FILE, weights_only=True)
+    no_ema = tmp_path / "model-29.pt"
+    torch.save({"step": 1, "model": container["model"]}, no_ema)
+    assert _import("--format", "ctp", str(no_ema), *as_set_options(CTP_TINY)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "has no 'ema'" in capsys.readouterr().err
+    container["ema"]["module.betas"] = torch.linspace(1e-4, 2e-2, 1500) ** 2
+    bent = tmp_path / "bent.pt"
+    torch.save(container, bent)
+    assert _import("--format", "ctp", str(bent), *as_set_options(CTP_TINY)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "beta table is not linear" in capsys.readouterr().err
+    assert _import("--format", "ctp", str(CTP_FILE), str(CTP_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert _nothing_written(meddiff_home)
