@@ -72,3 +72,40 @@ def save_tiny_cwdm_checkpoint(path: Path) -> dict:
             p.copy_(0.2 * torch.randn(p.shape, generator=gen))
     torch.save({reference_key(k): v for k, v in net.state_dict().items()}, path)
     return fields
+
+
+#: --set options of the small MRNet stages the import tests write (the released widths are 64..512).
+MRNET_SMALL = {"widths": [8, 16, 32, 64]}
+
+
+def mrnet_det_weights(net) -> None:
+    """Fill an MRNetUNet with the fixtures' rule: det_tensor on the authors' bare UNet names (seed 0) for the
+    parameters, BatchNorm running_mean = det_tensor and running_var = |det_tensor| + 0.5."""
+    from meddiffcore.nets.mrnet import reference_key
+
+    params = {k for k, _ in net.named_parameters()}
+    state = {}
+    for key, value in net.state_dict().items():
+        ref = reference_key(key)
+        if key in params or key.endswith("running_mean"):
+            state[key] = det_tensor(ref, value.shape)
+        elif key.endswith("running_var"):
+            state[key] = det_tensor(ref, value.shape).abs() + 0.5
+        else:
+            state[key] = value
+    net.load_state_dict(state)
+
+
+def save_mrnet_checkpoint(path: Path, net, steps: int, epoch: int = 7) -> None:
+    """``net`` saved as the authors' pipeline saves a stage: ``{'epoch', 'model_state_dict'}`` of the DDPM
+    wrapper (UNet under ``model.`` with the Swin's integer position index, the five schedule tables)."""
+    from meddiffcore.nets.mrnet import reference_key
+
+    betas = torch.linspace(0.00085, 0.012, steps)
+    ab = torch.cumprod(1 - betas, dim=0)
+    state = {"betas": betas, "alphas": 1 - betas, "alphas_cumprod": ab, "sqrt_alphas_cumprod": ab.sqrt(),
+             "sqrt_one_minus_alphas_cumprod": (1 - ab).sqrt()}
+    state.update({"model." + reference_key(k): v for k, v in net.state_dict().items()})
+    if net.config.swin:
+        state["model.swin_block.attn.relative_position_index"] = net.swin_block.attn.bias_index.clone()
+    torch.save({"epoch": epoch, "model_state_dict": state}, path)

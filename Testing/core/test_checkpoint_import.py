@@ -12,7 +12,8 @@ import torch
 from meddiffcore.cli import main as cli_main
 from meddiffcore.errors import EXIT_STATUS, ErrorCode
 from meddiffcore.models import find_model, list_models, sha256_file, verify_model
-from published_helpers import CTP, CTP_TINY, TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options
+from published_helpers import (CTP, CTP_TINY, MRNET_SMALL, TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options,
+                               save_mrnet_checkpoint)
 
 WDM_FILE = WDM / "wdm_tiny_brats_1200000.pt"
 TPDM_FILE = TPDM / "tpdm_tiny_checkpoint.pth"
@@ -150,4 +151,63 @@ def test_ctp_files_without_ema_of_another_size_or_schedule_are_refused(meddiff_h
     assert _import("--format", "ctp", str(bent), *as_set_options(CTP_TINY)) == EXIT_STATUS[ErrorCode.MODEL]
     assert "beta table is not linear" in capsys.readouterr().err
     assert _import("--format", "ctp", str(CTP_FILE), str(CTP_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert _nothing_written(meddiff_home)
+
+
+def _mrnet_files(folder: Path, swin: bool = True, steps=(2000, 1000, 2000)) -> list[Path]:
+    """Small stand-ins for the three released stage files, written in the authors' container layout."""
+    from meddiffcore.checkpoints.mrnet import RELEASES, stage_network
+    from meddiffcore.nets.mrnet import MRNetUNet, MRNetUNetConfig
+
+    release = RELEASES["swin" if swin else "noswin"]
+    torch.manual_seed(0)
+    paths = []
+    for (stage, size), file_name, n in zip(release.stages, release.files, steps):
+        config = MRNetUNetConfig.from_dict({**stage_network(stage, size, swin).to_dict(), **MRNET_SMALL})
+        path = folder / file_name
+        save_mrnet_checkpoint(path, MRNetUNet(config), n)
+        paths.append(path)
+    return paths
+
+
+def test_mrnet_stage_files_become_one_sr_cascade_with_t_read_from_each_file(meddiff_home, tmp_path, capsys):
+    files = _mrnet_files(tmp_path)
+    assert _import("--format", "mrnet", *map(str, files), *as_set_options(MRNET_SMALL)) == 0
+    assert "imported sr-mrnet " in capsys.readouterr().out  # the Swin cascade, told from the file count
+    card = verify_model(find_model("sr-mrnet"))
+    assert card.task == "sr" and card.task_config["bundled"] and list(card.task_config["stages"]) == \
+        ["base", "sr128", "sr256"]
+    stages = card.task_config["stages"]
+    assert [stages[s]["diffusion"]["num_timesteps"] for s in stages] == [2000, 1000, 2000]  # from the files
+    assert [stages[s]["authors_sampler"]["steps"] for s in stages] == [2000, 1000, 2000]
+    assert [stages[s]["low_size"] for s in stages] == [0, 64, 128]
+    base = stages["base"]["network"]
+    assert base["architecture"] == "mrnet_unet" and base["self_attention"] and base["swin_token_layout"] == "authors"
+    assert not stages["sr128"]["network"]["attention_gates"] and stages["sr256"]["network"]["in_channels"] == 2
+    assert card.task_config["model_range"] == [0.0, 1.0] and "no clipping" in card.task_config["conventions"]["data_range"]
+    assert card.training["source_sha256"] == [sha256_file(p) for p in files] and card.training["stages"]["base"]["epoch"] == 7
+    assert "no EMA" in card.training["weights"]
+
+
+def test_mrnet_files_of_another_release_order_or_schedule_are_refused(meddiff_home, tmp_path, capsys):
+    files = _mrnet_files(tmp_path)
+    small = as_set_options(MRNET_SMALL)
+    assert _import("--format", "mrnet", *map(str, files)) == EXIT_STATUS[ErrorCode.MODEL]  # released widths expected
+    assert "encoder1.0.weight has shape [8, 129, 3, 3], this MRNet base UNet (64^2, Swin) needs [64, 129, 3, 3]" \
+        in capsys.readouterr().err
+    (tmp_path / "noswin").mkdir()
+    noswin = _mrnet_files(tmp_path / "noswin", swin=False)
+    assert _import("--format", "mrnet", "--variant", "swin", *map(str, noswin), *small) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "missing swin_block.norm1.weight" in capsys.readouterr().err
+    assert _import("--format", "mrnet", str(files[1]), str(files[0]), str(files[2]), *small) == \
+        EXIT_STATUS[ErrorCode.MODEL]  # stages out of order
+    assert "this MRNet base UNet" in capsys.readouterr().err
+    container = torch.load(files[0], weights_only=True)
+    container["model_state_dict"]["betas"] = torch.linspace(1e-4, 0.02, 2000)
+    other = tmp_path / "other_base.pth"
+    torch.save(container, other)
+    assert _import("--format", "mrnet", str(other), str(files[1]), str(files[2]), *small) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "not the authors' linear 0.00085 .. 0.012" in capsys.readouterr().err
+    assert _import("--format", "mrnet", "--variant", "swin", str(files[0]), *small) == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert "give, in this order: swinddpm64RAW_checkpoint.pth" in capsys.readouterr().err
     assert _nothing_written(meddiff_home)

@@ -11,16 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from meddiffcore.checkpoints import import_checkpoint
+from meddiffcore.checkpoints.mrnet import stage_network
 from meddiffcore.diffusion import noise_like, sample_ancestral
 from meddiffcore.models import load_model
 from meddiffcore.nets import count_parameters
 from meddiffcore.nets.ctp_unet import CTPUNet, CTPUNetConfig, from_reference, reference_shapes, released_config
+from meddiffcore.nets.mrnet import MRNetUNet, MRNetUNetConfig, reference_key
 from meddiffcore.nets.unet import NetInputError
 from meddiffcore.tasks.ctp.config import CTPDiffusionConfig
 from meddiffcore.tasks.ctp.model import denoiser_for
-from published_helpers import CTP, CTP_TINY, assert_parity, det_parameters, manifest
+from published_helpers import CTP, CTP_TINY, MRNET, assert_parity, det_parameters, manifest, mrnet_det_weights
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +115,39 @@ def test_tiny_ctp_checkpoint_imports_its_ema_weights_and_reproduces_the_referenc
     raw = {k[len("module.denoise_fn."):]: v for k, v in raw.items() if k.startswith("module.denoise_fn.")}
     net.load_state_dict(from_reference(net, raw))
     assert (_ctp_forward(net, fixture) - torch.from_numpy(fixture["eps"])).abs().max() > 1e-3
+
+
+MRNET_STAGES = {"base64": ("base", 64), "sr128": ("sr128", 128), "sr256": ("sr256", 256)}
+
+
+@pytest.mark.parametrize("stem", list(MRNET_STAGES))
+def test_released_mrnet_stages_have_the_authors_tensors_and_reproduce_them(stem):
+    stage, size = MRNET_STAGES[stem]
+    m = manifest(MRNET / f"mrnet_{stem}_manifest.json")
+    net = MRNetUNet(stage_network(stage, size, swin=True)).eval()
+    assert count_parameters(net) == m["num_parameters_total"]
+    theirs = {e["key"][len("model."):]: tuple(e["shape"]) for e in m["state_dict"] if e["key"].startswith("model.")}
+    ours = {reference_key(k): tuple(v.shape) for k, v in net.state_dict().items()}
+    assert theirs == {**ours, "swin_block.attn.relative_position_index": (16, 16)}
+    mrnet_det_weights(net)
+    fixture = np.load(MRNET / f"mrnet_{stem}_forward.npz")
+    assert len(fixture["betas"]) == m["num_timesteps_as_built_by_pipeline"]
+    cond = None
+    if stage != "base":
+        cond = F.interpolate(torch.from_numpy(fixture["low_res"]), scale_factor=2, mode="bilinear", align_corners=False)
+        assert torch.equal(cond, torch.from_numpy(fixture["low_res_upsampled"]))
+    x, t = torch.from_numpy(fixture["x"]), torch.from_numpy(fixture["t"])
+    with torch.no_grad():
+        assert_parity(net(x, t, concat=cond), fixture["out"], f"MRNet {stem}")
+        # the token scrambling matters: MedDiff's correct layout gives another function of the same weights
+        net.config.swin_token_layout = "pixel"
+        assert (net(x, t, concat=cond) - torch.from_numpy(fixture["out"])).abs().max() > 1e-3
+
+
+def test_mrnet_stages_run_at_their_native_size_only():
+    net = MRNetUNet(MRNetUNetConfig(image_size=64, widths=(8, 16, 32, 64)))
+    with pytest.raises(NetInputError, match=r"takes 64x64 images, got 128x128.*resample the input to 64x64"):
+        net(torch.zeros(1, 1, 128, 128), torch.tensor([3]))
+    sr = MRNetUNet(MRNetUNetConfig(image_size=64, in_channels=2, widths=(8, 16, 32, 64)))
+    with pytest.raises(NetInputError, match="2 image channels, got 1"):
+        sr(torch.zeros(1, 1, 64, 64), torch.tensor([3]))

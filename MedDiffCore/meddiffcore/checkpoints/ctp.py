@@ -24,8 +24,8 @@ from ..models import ModelCard
 from ..nets.ctp_unet import CTPUNet, CTPUNetConfig, from_reference, reference_shapes, released_config
 from .container import check_tensors, load_container, require_mapping
 
-PAPER = ("Bae, Zhang, Tong, Chen, Ng, Chen. Conditional Diffusion Model for Versatile Temporal Inpainting in 4D "
-         "Cerebral CT Perfusion Imaging. MICCAI 2024")
+PAPER = ("Bae, Tong, Chen. Conditional Diffusion Model for Versatile Temporal Inpainting in 4D Cerebral CT "
+         "Perfusion Imaging. MICCAI 2024, LNCS pp. 67-77 (doi:10.1007/978-3-031-72069-7_7)")
 CODE = "https://github.com/baejustin/CTP_Inpainting_Diffusion (634736a)"
 NETWORK_PREFIX = "module.denoise_fn."
 SCHEDULE_PREFIX = "module."
