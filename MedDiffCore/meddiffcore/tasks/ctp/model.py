@@ -8,7 +8,7 @@ import torch
 
 from meddiffcore.config import from_dict
 from meddiffcore.diffusion import VPDenoiser, clip_x0, training_loss
-from meddiffcore.errors import ModelError
+from meddiffcore.errors import BadInputError, ModelError
 from meddiffcore.models import ModelCard, load_model
 from meddiffcore.nets import UNet, UNetConfig
 
@@ -48,6 +48,29 @@ def linear_between(known: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(B, 1, ...) linear interpolation of the (B, 2, ...) known frames at fraction ``weight`` (B,) of the gap."""
     w = weight.reshape(-1, *([1] * (known.ndim - 1))).to(known.dtype)
     return (1 - w) * known[:, :1] + w * known[:, 1:2]
+
+
+def in_plane_padding(net: torch.nn.Module, slab: int, n_y: int, n_x: int) -> tuple[int, int]:
+    """Rows and columns to add (edge padding) so the network takes a ``slab`` x n_y x n_x input.
+
+    MedDiff's UNet needs multiples of its size multiple; the CTP authors' UNet also
+    needs its down and up paths to meet (for the release: 192-352 rows, trained on
+    192), so small frames are padded up to the first size it takes and larger ones
+    are refused with the sizes it does take."""
+    if isinstance(net.config, UNetConfig):
+        mult = net.config.size_multiple
+        return (-n_y) % mult[1], (-n_x) % mult[2]
+    step = 2 ** (len(net.config.channel_mult) - 1)
+    width = n_x + (-n_x) % step
+    first = height = n_y + (-n_y) % step
+    while height < first + 8 * net.config.design_size:
+        try:
+            net.check_input((slab, height, width))
+            return height - n_y, width - n_x
+        except BadInputError:
+            height += step
+    net.check_input((slab, first, width))  # no padding helps: name the problem
+    return first - n_y, width - n_x
 
 
 def residual_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
