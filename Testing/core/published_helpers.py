@@ -109,3 +109,20 @@ def save_mrnet_checkpoint(path: Path, net, steps: int, epoch: int = 7) -> None:
     if net.config.swin:
         state["model.swin_block.attn.relative_position_index"] = net.swin_block.attn.bias_index.clone()
     torch.save({"epoch": epoch, "model_state_dict": state}, path)
+
+
+def save_small_mrnet_release(folder: Path, swin: bool = True, steps=(2000, 1000, 2000)) -> list[Path]:
+    """Small stand-ins (widths MRNET_SMALL) for the three released MRNet stage files, under their released names,
+    in the authors' container layout; T per file as given (the released SR 128->256 notebook trains with 2000)."""
+    from meddiffcore.checkpoints.mrnet import RELEASES, stage_network
+    from meddiffcore.nets.mrnet import MRNetUNet, MRNetUNetConfig
+
+    release = RELEASES["swin" if swin else "noswin"]
+    torch.manual_seed(0)
+    paths = []
+    for (stage, size), file_name, n in zip(release.stages, release.files, steps):
+        config = MRNetUNetConfig.from_dict({**stage_network(stage, size, swin).to_dict(), **MRNET_SMALL})
+        path = Path(folder) / file_name
+        save_mrnet_checkpoint(path, MRNetUNet(config), n)
+        paths.append(path)
+    return paths

@@ -13,7 +13,7 @@ from meddiffcore.cli import main as cli_main
 from meddiffcore.errors import EXIT_STATUS, ErrorCode
 from meddiffcore.models import find_model, list_models, sha256_file, verify_model
 from published_helpers import (CTP, CTP_TINY, MRNET_SMALL, TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options,
-                               save_mrnet_checkpoint)
+                               save_small_mrnet_release)
 
 WDM_FILE = WDM / "wdm_tiny_brats_1200000.pt"
 TPDM_FILE = TPDM / "tpdm_tiny_checkpoint.pth"
@@ -154,24 +154,8 @@ def test_ctp_files_without_ema_of_another_size_or_schedule_are_refused(meddiff_h
     assert _nothing_written(meddiff_home)
 
 
-def _mrnet_files(folder: Path, swin: bool = True, steps=(2000, 1000, 2000)) -> list[Path]:
-    """Small stand-ins for the three released stage files, written in the authors' container layout."""
-    from meddiffcore.checkpoints.mrnet import RELEASES, stage_network
-    from meddiffcore.nets.mrnet import MRNetUNet, MRNetUNetConfig
-
-    release = RELEASES["swin" if swin else "noswin"]
-    torch.manual_seed(0)
-    paths = []
-    for (stage, size), file_name, n in zip(release.stages, release.files, steps):
-        config = MRNetUNetConfig.from_dict({**stage_network(stage, size, swin).to_dict(), **MRNET_SMALL})
-        path = folder / file_name
-        save_mrnet_checkpoint(path, MRNetUNet(config), n)
-        paths.append(path)
-    return paths
-
-
 def test_mrnet_stage_files_become_one_sr_cascade_with_t_read_from_each_file(meddiff_home, tmp_path, capsys):
-    files = _mrnet_files(tmp_path)
+    files = save_small_mrnet_release(tmp_path)
     assert _import("--format", "mrnet", *map(str, files), *as_set_options(MRNET_SMALL)) == 0
     assert "imported sr-mrnet " in capsys.readouterr().out  # the Swin cascade, told from the file count
     card = verify_model(find_model("sr-mrnet"))
@@ -190,13 +174,13 @@ def test_mrnet_stage_files_become_one_sr_cascade_with_t_read_from_each_file(medd
 
 
 def test_mrnet_files_of_another_release_order_or_schedule_are_refused(meddiff_home, tmp_path, capsys):
-    files = _mrnet_files(tmp_path)
+    files = save_small_mrnet_release(tmp_path)
     small = as_set_options(MRNET_SMALL)
     assert _import("--format", "mrnet", *map(str, files)) == EXIT_STATUS[ErrorCode.MODEL]  # released widths expected
     assert "encoder1.0.weight has shape [8, 129, 3, 3], this MRNet base UNet (64^2, Swin) needs [64, 129, 3, 3]" \
         in capsys.readouterr().err
     (tmp_path / "noswin").mkdir()
-    noswin = _mrnet_files(tmp_path / "noswin", swin=False)
+    noswin = save_small_mrnet_release(tmp_path / "noswin", swin=False)
     assert _import("--format", "mrnet", "--variant", "swin", *map(str, noswin), *small) == EXIT_STATUS[ErrorCode.MODEL]
     assert "missing swin_block.norm1.weight" in capsys.readouterr().err
     assert _import("--format", "mrnet", str(files[1]), str(files[0]), str(files[2]), *small) == \

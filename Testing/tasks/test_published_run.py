@@ -218,3 +218,57 @@ def test_imported_ctp_model_refuses_frames_its_network_cannot_take(home, tmp_pat
     assert in_plane_padding(net, 8, 192, 200) == (0, 24)
     with pytest.raises(Exception, match="cannot take a 8x512x512 slab"):
         in_plane_padding(net, 8, 512, 512)
+
+
+# -- the MRNet knee-MRI cascade ------------------------------------------------------------------------------------
+
+def _mrnet_cascade(tmp_path: Path) -> str:
+    from published_helpers import MRNET_SMALL, save_small_mrnet_release
+
+    import_checkpoint("mrnet", save_small_mrnet_release(tmp_path, steps=(2000, 1000, 1000)), network=MRNET_SMALL)
+    return "sr-mrnet"
+
+
+def test_imported_mrnet_cascade_generates_native_256_slices_in_0_1_with_both_samplers(home, tmp_path):
+    torch.set_num_threads(1)
+    model = _mrnet_cascade(tmp_path)
+    fast, authors = tmp_path / "fast.nii.gz", tmp_path / "authors.nii.gz"
+    assert main(["generate", "--model", model, "--out", str(fast), "--steps", "2", *FAST]) == 0
+    assert main(["generate", "--model", model, "--out", str(authors), "--sampler", "authors", "--steps", "2",
+                 *FAST]) == 0
+    a, b = read_volume(fast), read_volume(authors)
+    assert a.shape == b.shape == (1, 256, 256)
+    np.testing.assert_allclose(a.spacing[:2], (1.0, 1.0))  # nominal 1 mm at 256^2
+    for volume in (a, b):
+        assert 0.0 <= volume.array.min() and volume.array.max() <= 1.0 and volume.array.std() > 0
+    assert not np.allclose(a.array, b.array)
+
+
+def test_imported_mrnet_cascade_upscales_a_64_png_and_refuses_other_sizes_and_ranges(home, tmp_path, capsys):
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    model = _mrnet_cascade(tmp_path)
+    png = tmp_path / "knee64.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "knee256.png"
+    assert main(["upscale", "--model", model, "--input", str(png), "--out", str(out), "--steps", "2", *FAST]) == 0
+    with Image.open(out) as image:
+        assert image.size == (256, 256)
+    mid = tmp_path / "knee128.nii.gz"
+    write_volume(Volume.from_spacing(np.random.default_rng(1).random((2, 128, 128), dtype=np.float32),
+                                     spacing_mm=(1.0, 1.0, 3.0)), tmp_path / "k128.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "k128.nii.gz"), "--out", str(mid),
+                 "--steps", "2", *FAST]) == 0
+    result = read_volume(mid)
+    assert result.shape == (2, 256, 256) and 0.0 <= result.array.min() and result.array.max() <= 1.0
+    capsys.readouterr()
+    write_volume(Volume.from_spacing(np.zeros((1, 100, 100), np.float32)), tmp_path / "k100.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "k100.nii.gz"), "--out",
+                 str(tmp_path / "x.nii.gz"), *FAST]) == EXIT_STATUS[ErrorCode.BAD_INPUT]
+    assert "super-resolves square slices of 64, 128 pixels" in capsys.readouterr().err
+    write_volume(Volume.from_spacing(np.full((1, 64, 64), 300.0, np.float32)), tmp_path / "mri.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "mri.nii.gz"), "--out",
+                 str(tmp_path / "y.nii.gz"), *FAST]) == EXIT_STATUS[ErrorCode.BAD_INPUT]
+    assert "takes slices in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "y.nii.gz").exists()

@@ -40,6 +40,8 @@ ARCHITECTURE = "mrnet_unet"
 
 #: The authors' sampler: ancestral over every training step, variance beta_t, no clipping.
 AUTHORS_SAMPLER = {"sampler": "ancestral", "variance": "large", "clip": False}
+#: The MRNet PNG slices record no pixel size: the 256^2 output is given this nominal pixel (mm).
+NOMINAL_PIXEL_MM = 1.0
 #: What imported stages sample with by default.
 FAST_SAMPLER = {"sampler": "dpmpp_2m", "sampling_steps": 50}
 
@@ -155,7 +157,7 @@ def stage_entry(stage: str, size: int, network: MRNetUNetConfig, steps: int) -> 
             "swin": to_dict(SwinConfig(enabled=network.swin, window=network.swin_window, heads=network.swin_heads,
                                        depth=1)),
             "diffusion": to_dict(diffusion), "schedule": diffusion.noise_schedule().to_dict(),
-            "authors_sampler": {**AUTHORS_SAMPLER, "steps": steps}}
+            "model_range": [0.0, 1.0], "authors_sampler": {**AUTHORS_SAMPLER, "steps": steps}}
 
 
 def import_files(fmt: str, paths: list[Path], variant: str, name: str | None, overrides: Mapping[str, Any],
@@ -183,12 +185,15 @@ def import_files(fmt: str, paths: list[Path], variant: str, name: str | None, ov
         "swin": "the authors' token layout (bottleneck viewed as (B, H*W, C) without permuting), kept because the "
                 "weights were trained with it",
         "sizes": "native only: " + ", ".join(f"{s} {n}^2" for s, n in release.stages),
+        "pixel": f"nominal {NOMINAL_PIXEL_MM:g} mm at 256^2 (the PNG slices record none)",
+        "sampling": "MedDiff's fast samplers clamp each x0 estimate to [0, 1]; --sampler authors does not",
     }
     card = ModelCard(
         name=name or release.name, task="sr", description=release.description,
         network={s: stages[s]["network"] for s in stages}, diffusion={s: stages[s]["diffusion"] for s in stages},
         task_config={"bundled": True, "stages": stages, "intensity_window": [0.0, 1.0], "model_range": [0.0, 1.0],
-                     "native_sizes": True, "clip": False, "pixel_mm": None, "conventions": conventions},
+                     "native_sizes": True, "pixel_mm": 256.0 / release.stages[0][1] * NOMINAL_PIXEL_MM,
+                     "conventions": conventions},
         training={"paper": PAPER, "code": CODE, "released_as": list(release.files),
                   "weights": "raw (the code keeps no EMA)", "stages": facts, **source},
     )
