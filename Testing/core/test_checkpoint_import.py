@@ -61,10 +61,11 @@ class _NotATensor:
     pass
 
 
-def test_a_file_that_would_run_code_is_refused(meddiff_home, tmp_path, capsys):
+@pytest.mark.parametrize("fmt, count", [("wdm", 1), ("ctp", 1), ("mrnet", 3)])
+def test_a_file_that_would_run_code_is_refused(meddiff_home, tmp_path, capsys, fmt, count):
     unsafe = tmp_path / "brats_unet_128_1200k.pt"
     torch.save({"time_embed.0.weight": torch.zeros(2), "payload": _NotATensor()}, unsafe)
-    assert _import("--format", "wdm", str(unsafe)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert _import("--format", fmt, *[str(unsafe)] * count) == EXIT_STATUS[ErrorCode.MODEL]
     err = capsys.readouterr().err
     assert "not a plain tensor file" in err and "weights_only=True" in err
     assert _nothing_written(meddiff_home)

@@ -175,7 +175,7 @@ def test_imported_ctp_model_fills_frames_with_the_authors_window_mask_and_sample
     sparse = _sparse_ctp(tmp_path)
     outs = {}
     for name, extra in (("fast", ["--estimate", "sample", "--steps", "2"]),
-                        ("authors", ["--sampler", "authors", "--steps", "2"])):
+                        ("authors", ["--sampler", "authors", "--steps", "2"]), ("mean", ["--estimate", "mean"])):
         outs[name] = tmp_path / f"{name}.seq.nrrd"
         assert main(["inpaint", "--model", model, "--sequence", str(tmp_path / "sparse.seq.nrrd"), "--out",
                      str(outs[name]), *extra, *FAST]) == 0
