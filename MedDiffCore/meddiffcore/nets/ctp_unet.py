@@ -25,7 +25,6 @@ of 32 for the release); :meth:`CTPUNet.check_input` names the problem otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meddiffcore.config import from_dict, to_dict
 from meddiffcore.errors import ConfigError
 from meddiffcore.nets.attention import AttentionBlock
 from meddiffcore.nets.layers import Downsample, ResBlock, conv_nd, normalization, timestep_embedding
@@ -90,17 +90,12 @@ class CTPUNetConfig:
         return sizes
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["channel_mult"], d["attention_sizes"] = list(self.channel_mult), list(self.attention_sizes)
-        return d
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CTPUNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"architecture"})
-        if unknown:
-            raise ConfigError(f"unknown CTP UNet field(s) {', '.join(unknown)}", f"known: {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From a card's ``network`` section (its ``architecture`` key is the card's, not a field)."""
+        return from_dict(cls, {k: v for k, v in data.items() if k != "architecture"}, where="CTP UNet")
 
 
 def released_config() -> CTPUNetConfig:

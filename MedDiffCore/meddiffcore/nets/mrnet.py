@@ -25,7 +25,6 @@ only (``image_size``: 64, 128 or 256).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meddiffcore.config import from_dict, to_dict
 from meddiffcore.errors import ConfigError
 from meddiffcore.nets.swin import SwinBlock
 from meddiffcore.nets.unet import NetInputError
@@ -72,17 +72,12 @@ class MRNetUNetConfig:
         return self.image_size // 8
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MRNetUNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"architecture"})
-        if unknown:
-            raise ConfigError(f"unknown MRNet UNet field(s) {', '.join(unknown)}", f"known: {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From a card's ``network`` section (its ``architecture`` key is the card's, not a field)."""
+        return from_dict(cls, {k: v for k, v in data.items() if k != "architecture"}, where="MRNet UNet")
 
 
 def time_channels(t: Tensor, dim: int) -> Tensor:
