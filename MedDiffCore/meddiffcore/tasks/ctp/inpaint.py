@@ -28,7 +28,9 @@ import torch
 from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluations
 
 from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
-from .model import LoadedModel, denoiser_for, linear_between
+from . import authors
+from .authors import uses_authors_rules
+from .model import LoadedModel, denoiser_for, in_plane_padding, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
 #: Default number of (frame, slab) items sampled together.
@@ -64,23 +66,26 @@ def slab_weights(slab: int, start: int, n_slices: int, starts: list[int]) -> np.
     return w
 
 
-def sampling_sigmas(diffusion, steps: int) -> torch.Tensor:
-    """The model's sampling sigmas for ``steps`` steps (descending, ending at 0)."""
-    return diffusion.noise_schedule().sampling_sigmas(steps)
+def sampling_sigmas(diffusion, steps: int, spacing: str | None = None) -> torch.Tensor:
+    """The model's sampling sigmas for ``steps`` steps (descending, ending at 0; ``spacing`` as
+    :meth:`~meddiffcore.diffusion.NoiseSchedule.sampling_sigmas`, ``"uniform"`` for the authors' sampler)."""
+    return diffusion.noise_schedule().sampling_sigmas(steps, spacing)
 
 
 def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
                     weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
-                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None
-                    ) -> torch.Tensor:
+                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
+                    spacing: str | None = None) -> torch.Tensor:
     """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
 
     The linear interpolation plus the residual the model gives: its posterior
     mean (``estimate="mean"``: the denoiser at the top of the schedule, one
-    evaluation) or a sample drawn with ``sampler`` in ``steps`` steps.
+    evaluation) or a sample drawn with ``sampler`` in ``steps`` steps. A model whose
+    diffusion variable is the frame itself (``diffusion.target == "frame"``, the
+    CTP authors') gives the frame directly.
     """
     denoiser = denoiser_for(net, diffusion)
-    sigmas = sampling_sigmas(diffusion, steps).to(known.device)
+    sigmas = sampling_sigmas(diffusion, steps, spacing).to(known.device)
     shape = (known.shape[0], 1, *known.shape[2:])
     x = initial_noise(shape, sigmas, generator, device=known.device)
     cond = {"concat": known, "embedding": context}
@@ -91,6 +96,8 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
             callback({"i": 0})
     else:
         residual = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond)
+    if diffusion.target == "frame":
+        return residual.clamp(-1, 1)
     return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-1, 1)
 
 
@@ -108,7 +115,8 @@ def peak_time(seq_hu: np.ndarray, times_s: np.ndarray, known: list[int], mask: n
 def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model: LoadedModel, *, steps: int,
                    sampler: str, device: torch.device, estimate: str | None = None,
                    generator: torch.Generator | None = None, batch_size: int = DEFAULT_BATCH,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
+                   progress: Callable[[int, int], None] | None = None,
+                   spacing: str | None = None) -> tuple[np.ndarray, dict]:
     """Synthesize ``plan.targets`` of the HU sequence ``hu`` (T, Z, Y, X).
 
     ``estimate`` is ``"mean"`` or ``"sample"`` (default: the model card's).
@@ -121,12 +129,16 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     lo, hi = window_bounds(level, width)
     n_z, n_y, n_x = hu.shape[1:]
     first = hu[plan.known[0]]
-    mask = tissue_mask(first, level, width)
-    plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     slab = model.slab_slices
-    mult = model.net.config.size_multiple
+    if uses_authors_rules(model.card.task_config):
+        mask = authors.tissue_mask(hu[plan.known], level, width)
+        plan = authors.with_authors_phases(plan, times_s, authors.peak_time(hu[plan.known], times_s[plan.known],
+                                                                           level, width))
+    else:
+        mask = tissue_mask(first, level, width)
+        plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     pad_z = max(0, slab - n_z)
-    pad_y, pad_x = (-n_y) % mult[1], (-n_x) % mult[2]
+    pad_y, pad_x = in_plane_padding(model.net, max(n_z, slab), n_y, n_x)
     zs = n_z + pad_z
     starts = slab_starts(zs, slab)
 
@@ -140,7 +152,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     for s in starts:
         wsum[s:s + slab] += slab_weights(slab, s, zs, starts)
     n_batches = (len(items) + batch_size - 1) // batch_size
-    steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps)) - 1
+    steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps, spacing)) - 1
     total = n_batches * steps_per_batch
     for b in range(n_batches):
         chunk = items[b * batch_size:(b + 1) * batch_size]
@@ -158,7 +170,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
             out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
                                   torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
                                   estimate=estimate, sampler=sampler, steps=steps, generator=generator,
-                                  callback=callback)
+                                  callback=callback, spacing=spacing)
         out = out[:, 0].float().cpu().numpy()
         for (ti, s), o in zip(chunk, out):
             acc[ti, s:s + slab] += o * slab_weights(slab, s, zs, starts)[:, None, None]

@@ -12,7 +12,7 @@ from meddiffcore.nets import UNet
 from .config import (LOCAL_CONTEXT_SCALE_S, MAX_GAP_S, NAME, PHASES, SLAB_SLICES, WINDOW_LEVEL_HU, WINDOW_WIDTH_HU,
                      CTPConfig)
 from .data import CTPTupleDataset
-from .model import check_network, residual_loss
+from .model import build_network, check_network, residual_loss
 
 
 class CTPTask:
@@ -26,12 +26,9 @@ class CTPTask:
         return UNet(config.network)
 
     def network_from_card(self, card: ModelCard) -> torch.nn.Module:
-        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
-        from meddiffcore.nets import UNetConfig
-
-        config = UNetConfig.from_dict(card.network)
-        check_network(config)
-        return UNet(config)
+        """The network whose tensors a model of this task holds, from its card (for the model checks): the same
+        builder inference uses, so an imported release (the authors' UNet) is checked against its own layout."""
+        return build_network(card.network)
 
     def build_dataset(self, config: CTPConfig) -> torch.utils.data.Dataset:
         return CTPTupleDataset(config.data, config.diffusion.peak_margin_s, seed=config.train.seed)

@@ -16,7 +16,7 @@ from ...io import VOLUME_WRITE_EXTENSIONS
 from ...io.atomic import numbered_paths
 from .cascade import load_stages
 from .data import from_unit_range, to_unit_range
-from .model import sample_stage
+from .model import AUTHORS, from_signed_range, sample_stage, to_signed_range
 
 IMAGE_EXTENSIONS = (".png",)
 
@@ -46,7 +46,7 @@ def _steps_and_sampler(job) -> tuple[int | None, str | None]:
     if steps is not None and int(steps) < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}", "e.g. --steps 50")
     sampler = job.params.get("sampler")
-    if sampler:
+    if sampler and sampler != AUTHORS:
         get_sampler(sampler)
     return (int(steps) if steps else None), sampler
 
@@ -77,7 +77,8 @@ def run_generate(job, reporter) -> dict[str, str]:
         reporter.log(f"stage {stage}: {samples} x {spec.size}^2")
         images = sample_stage(net, spec, samples, low=images, steps=steps, sampler=sampler, generator=generator,
                               callback=reporter.step_callback(f"stage {stage}"))
-    arrays = from_unit_range(images[:, 0].cpu().numpy(), tuple(card.task_config["intensity_window"]))
+    arrays = from_unit_range(to_signed_range(images[:, 0].cpu().numpy(), spec.model_range),
+                             tuple(card.task_config["intensity_window"]))
     volumes = [Volume.from_spacing(a[None], spacing_mm=spacing) for a in arrays]
     paths = numbered_paths(Path(job.outputs["volume"]), samples)
     for volume, path in zip(volumes, paths):
@@ -109,6 +110,18 @@ def _read_input(path: str):
                                 "give an 8-bit grayscale PNG, or a volume file (.nii.gz, .nrrd, .mha)") from None
         return Volume.from_spacing(array[None]), True
     return read_volume(path), False
+
+
+def _check_model_range(card, model_range: tuple[float, float], array: np.ndarray, path: str) -> None:
+    """A model that diffuses in [0, 1] (the imported MRNet cascade) takes input already in [0, 1]."""
+    if tuple(model_range) != (0.0, 1.0):
+        return
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -1e-6 or hi > 1.0 + 1e-6:
+        raise BadInputError(
+            f"'{path}' has values {lo:g} .. {hi:g}; model '{card.name}' takes slices in [0, 1] (its authors trained "
+            "on per-slice min-max normalised 8-bit PNGs)",
+            "normalise each slice to [0, 1] first, or give the slice as an 8-bit grayscale PNG")
 
 
 def run_upscale(job, reporter) -> dict[str, str]:
@@ -145,13 +158,16 @@ def run_upscale(job, reporter) -> dict[str, str]:
     if is_png and out_path.lower().endswith(".png") and volume.shape[0] != 1:
         raise BadInputError("a PNG output holds one slice", "write a volume (.nii.gz, .nrrd)")
     window = tuple(card.task_config["intensity_window"])
+    chosen_range = sr_stages[start][1].model_range
+    _check_model_range(card, chosen_range, volume.array, job.inputs["image"])
     if is_png:
         volume = volume.with_array(from_unit_range(volume.array * 2 - 1, window))
     chosen = sr_stages[start:start + count]
     factor = 2**count
     generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
     reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with {', '.join(n for n, _, _ in chosen)}")
-    low_all = torch.from_numpy(to_unit_range(volume.array, window)).clamp(-1, 1)[:, None]
+    low_all = from_signed_range(torch.from_numpy(to_unit_range(volume.array, window)).clamp(-1, 1)[:, None],
+                                chosen_range)
     outputs = []
     for index in range(volume.shape[0]):
         image = low_all[index:index + 1]
@@ -159,7 +175,7 @@ def run_upscale(job, reporter) -> dict[str, str]:
             image = sample_stage(net, spec, 1, low=image, steps=steps, sampler=sampler, generator=generator)
         outputs.append(image[0, 0].cpu().numpy())
         reporter.progress("upscaling", index + 1, volume.shape[0])
-    array = from_unit_range(np.stack(outputs), window)
+    array = from_unit_range(to_signed_range(np.stack(outputs), chosen[-1][1].model_range), window)
     if out_path.lower().endswith(".png"):
         write_png(out_path, Window.from_range(*window).to_uint8(array[0]))
     else:
