@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -24,6 +25,10 @@ from .volume import RAS_TO_LPS, Sequence, Volume, check_finite
 __all__ = [
     "read_volume",
     "write_volume",
+    "read_segmentation",
+    "is_segmentation_file",
+    "Segment",
+    "Segmentation",
     "read_sequence",
     "write_sequence",
     "volume_format",
@@ -293,6 +298,129 @@ def _write_nrrd_file(p: Path, ext: str, arr: np.ndarray, fields: dict, keyvalues
                 _nrrd.write_nrrd(tmp, arr, fields, keyvalues, encoding)
     except OSError as exc:
         raise _write_error(p, exc) from None
+
+
+# --------------------------------------------------------------------------------------------- Slicer segmentation
+
+#: Extensions of Slicer segmentation files (vtkMRMLSegmentationStorageNode).
+SEGMENTATION_EXTENSIONS = (".seg.nrrd", ".seg.nhdr")
+
+
+@dataclass
+class Segment:
+    """One segment of a Slicer segmentation: its voxels are ``layers[layer] == label_value``."""
+
+    name: str
+    id: str
+    layer: int
+    label_value: int
+
+
+@dataclass
+class Segmentation:
+    """A Slicer ``.seg.nrrd``: binary-labelmap layers (L, z, y, x) on one grid, and the segments stored in them."""
+
+    layers: np.ndarray
+    ijk_to_ras: np.ndarray
+    segments: list[Segment]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.layers.shape[1:])
+
+    def mask(self, segment: Segment) -> np.ndarray:
+        return self.layers[segment.layer] == segment.label_value
+
+
+def is_segmentation_file(path: str | os.PathLike) -> bool:
+    """True for a Slicer segmentation file (by its ``.seg.nrrd``/``.seg.nhdr`` extension)."""
+    return Path(path).name.lower().endswith(SEGMENTATION_EXTENSIONS)
+
+
+def _segments_of(kv: dict[str, str], n_layers: int, p: Path) -> list[Segment]:
+    segments = []
+    i = 0
+    while f"Segment{i}_ID" in kv or f"Segment{i}_Name" in kv:
+        key = f"Segment{i}_"
+        try:
+            # Slicer <= 4.10 wrote one layer per segment and no Layer/LabelValue fields
+            layer = int(kv.get(key + "Layer", i if n_layers > 1 else 0))
+            value = int(kv.get(key + "LabelValue", 1))
+        except ValueError:
+            raise BadInputError(f"cannot read '{p.name}': segment {i} has a bad Layer or LabelValue field",
+                                _CORRUPT_HINT) from None
+        if not 0 <= layer < n_layers:
+            raise BadInputError(f"cannot read '{p.name}': segment {i} is in layer {layer}, the file has {n_layers}",
+                                _CORRUPT_HINT)
+        segments.append(Segment(kv.get(key + "Name", kv.get(key + "ID", f"Segment_{i}")), kv.get(key + "ID", ""),
+                                layer, value))
+        i += 1
+    return segments
+
+
+def _reference_grid(kv: dict[str, str]) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """(ijk_to_ras, shape zyx) of the segmentation's reference image geometry, when its header says it."""
+    params = kv.get("Segmentation_ConversionParameters", "")
+    for item in params.split("&"):
+        parts = item.split("|")
+        if len(parts) >= 2 and parts[0] == "Reference image geometry":
+            values = [v for v in parts[1].split(";") if v.strip()]
+            try:
+                numbers = [float(v) for v in values]
+            except ValueError:
+                return None
+            if len(numbers) != 22:
+                return None
+            m = np.array(numbers[:16]).reshape(4, 4)
+            ext = [int(round(v)) for v in numbers[16:]]
+            if any(ext[2 * a] != 0 for a in range(3)) or not np.allclose(m[3], [0, 0, 0, 1]):
+                return None
+            return m, (ext[5] + 1, ext[3] + 1, ext[1] + 1)
+    return None
+
+
+def read_segmentation(path: str | os.PathLike) -> Segmentation:
+    """Read a Slicer segmentation (``.seg.nrrd``, as vtkMRMLSegmentationStorageNode writes it).
+
+    Segments are read from the ``SegmentN_Name/_ID/_Layer/_LabelValue`` fields;
+    a 3D file is one layer, a 4D file (``kinds: list domain domain domain``) one
+    layer per list entry. When the header holds the segmentation's reference
+    image geometry, the layers (which Slicer crops to the segments) are placed
+    on that whole grid, the grid the user segmented on.
+    """
+    p = Path(path)
+    _check_exists(p)
+    data, m, n, others = _read_nrrd_any(p)
+    if data.ndim == 3:
+        data = data[None]
+    elif data.ndim != 4:
+        raise _shape_error(data.shape)
+    if data.dtype.kind not in "biu":
+        raise BadInputError(f"cannot read '{p.name}' as a segmentation: it holds {data.dtype} values, not labels",
+                            "export the segmentation from Slicer as a .seg.nrrd")
+    kv = dict(n.keyvalues)
+    segments = _segments_of(kv, data.shape[0], p)
+    if not segments:
+        raise BadInputError(f"'{p.name}' names no segments (no Segment0_Name field): not a Slicer segmentation",
+                            "save the segmentation from Slicer, or pass it as a plain label map (.nrrd, .nii.gz)")
+    reference = _reference_grid(kv)
+    offset_text = kv.get("Segmentation_ReferenceImageExtentOffset", "")
+    if reference is not None and offset_text:
+        ref_m, ref_shape = reference
+        try:
+            off_ijk = np.array([int(v) for v in offset_text.split()], dtype=int)
+        except ValueError:
+            off_ijk = None
+        if off_ijk is not None and off_ijk.shape == (3,):
+            off = off_ijk[::-1]  # zyx
+            expected = ref_m.copy()
+            expected[:3, 3] = ref_m[:3, :3] @ off_ijk + ref_m[:3, 3]
+            stop = off + np.array(data.shape[1:])
+            if np.allclose(expected, m, atol=1e-3) and np.all(off >= 0) and np.all(stop <= ref_shape):
+                full = np.zeros((data.shape[0],) + tuple(ref_shape), dtype=data.dtype)
+                full[(slice(None),) + tuple(slice(a, b) for a, b in zip(off, stop))] = data
+                data, m = full, ref_m
+    return Segmentation(np.ascontiguousarray(data), m, segments)
 
 
 # --------------------------------------------------------------------------------------------- NIfTI

@@ -24,20 +24,34 @@ DEFAULT_MODEL = "ctca-demo"
 MIN_AXIS = 8
 
 
-def read_label_volume(path: Path, mapping: dict[int, int] | None) -> Volume:
-    """Read and validate one label map; returns a Volume of uint8 values of our table."""
-    from ...io import read_volume
-    from .labels import to_label_array
+def read_label_volume(path: Path, mapping: dict[int | str, int] | None, series_uid: str | None = None) -> Volume:
+    """Read and validate one label map; returns a Volume of uint8 values of our table.
+
+    A Slicer segmentation (``.seg.nrrd``, or an NRRD whose header names segments) is mapped segment by segment
+    BY NAME (:func:`.labels.segmentation_labels`), never by its stored label values or segment order.
+    """
+    from ...io import is_segmentation_file, read_segmentation, read_volume
+    from .labels import segmentation_labels, to_label_array
 
     try:
-        volume = read_volume(path)
+        volume = None if is_segmentation_file(path) else read_volume(path, series_uid=series_uid)
+        named_segments = volume is None or "Segment0_Name" in volume.metadata.get("nrrd_keyvalues", {})
+        segmentation = read_segmentation(path) if named_segments else None
     except BadInputError as exc:
         raise BadInputError(f"label map '{path}': {exc.message}", exc.hint) from exc
-    if min(volume.shape) < MIN_AXIS:
-        raise BadInputError(f"label map '{path}' has shape {volume.shape}: a 2D image or a thin slab, not a 3D label map",
+    labels, ijk_to_ras = None, (segmentation or volume).ijk_to_ras
+    if segmentation is not None:
+        labels = segmentation_labels(segmentation, mapping, what=f"segmentation '{path.name}'")
+    shape = labels.shape if labels is not None else volume.shape
+    if min(shape) < MIN_AXIS:
+        if volume is not None and volume.metadata.get("dicom_single_file"):
+            raise BadInputError(f"label map '{path}' is one DICOM file ({' x '.join(map(str, shape))} voxels), not a "
+                                "3D label map", "pass the folder that holds the whole DICOM series")
+        raise BadInputError(f"label map '{path}' has shape {shape}: a 2D image or a thin slab, not a 3D label map",
                             f"pass a 3D label map at least {MIN_AXIS} voxels along every axis")
-    labels = to_label_array(volume.array, mapping, what=f"label map '{path.name}'")
-    return Volume(labels, volume.ijk_to_ras, {"source": str(path)})
+    if labels is None:
+        labels = to_label_array(volume.array, mapping, what=f"label map '{path.name}'")
+    return Volume(labels, ijk_to_ras, {"source": str(path)})
 
 
 def _label_files(path: Path) -> list[Path]:
