@@ -27,6 +27,8 @@ __all__ = [
     "write_volume",
     "read_segmentation",
     "is_segmentation_file",
+    "is_dicom_file",
+    "is_dicom_folder",
     "Segment",
     "Segmentation",
     "read_sequence",
@@ -599,22 +601,121 @@ def _write_metaimage(vol: Volume, p: Path, ext: str, compress: bool) -> None:
 # --------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(p: Path, series_uid: str | None) -> Volume:
+#: Slice positions closer than this (mm) are the same position; spacings may differ by this fraction of their median.
+DICOM_POSITION_TOL_MM = 1e-3
+DICOM_SPACING_TOL = 0.01
+
+
+def _dicom_header(path: Path):
+    """SimpleITK's header reader of one DICOM file (no pixels read)."""
     import SimpleITK as sitk
 
-    folder = p if p.is_dir() else p.parent
-    if series_uid is None and p.is_file():
-        try:
-            fr = sitk.ImageFileReader()
-            fr.SetFileName(str(p))
-            fr.ReadImageInformation()
-            if fr.HasMetaDataKey("0020|000e"):
-                series_uid = fr.GetMetaData("0020|000e").strip()
-        except RuntimeError as exc:
-            raise _read_error(p, exc) from None
-    reader = sitk.ImageSeriesReader()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(reader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _series_summary(folder: Path, uid: str) -> str:
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     try:
-        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+        head = _dicom_header(Path(files[0]))
+        what = " ".join(t for t in (_tag(head, "0008|0060"), _tag(head, "0008|103e")) if t)
+    except RuntimeError:
+        what = ""
+    return f"{uid} ({len(files)} file{'s' if len(files) != 1 else ''}{', ' + what if what else ''})"
+
+
+def _read_dicom_file(p: Path, series_uid: str | None) -> Volume:
+    """One DICOM file is what it holds: one slice, or the frames of a multi-frame file; never its neighbours."""
+    import SimpleITK as sitk
+
+    try:
+        head = _dicom_header(p)
+        uid = _tag(head, "0020|000e")
+        if series_uid is not None and uid and uid != series_uid:
+            raise BadInputError(f"cannot read '{p.name}': it belongs to DICOM series {uid}, not {series_uid}",
+                                "pass the file of the series you mean, or its folder with that series UID")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.SetImageIO("GDCMImageIO")
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise _read_error(p, RuntimeError(_sitk_error_text(exc))) from None
+    md = {"format": "dicom", "path": str(p), "dicom_series_uid": uid, "dicom_files": 1,
+          "dicom_single_file": True}
+    if img.GetDimension() == 2:
+        img = sitk.JoinSeries(img)
+    return _sitk_to_volume(img, md)
+
+
+def _check_slice_positions(files: list[str], p: Path) -> tuple[list[str], float]:
+    """Sort a series' files by position along its slice normal; refuse mixed orientations, duplicate positions,
+    gaps and uneven spacing (naming the files). Returns (sorted files, slice spacing in mm)."""
+    rows = []
+    for f in files:
+        try:
+            head = _dicom_header(Path(f))
+        except RuntimeError as exc:
+            raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
+        ipp, iop = _tag(head, "0020|0032"), _tag(head, "0020|0037")
+        try:
+            pos = np.array([float(v) for v in ipp.split("\\")], dtype=np.float64)
+            ori = np.array([float(v) for v in iop.split("\\")], dtype=np.float64)
+        except ValueError:
+            pos = ori = np.zeros(0)
+        if pos.shape != (3,) or ori.shape != (6,):
+            raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
+                                "orientation (0020,0032 / 0020,0037), so its slice cannot be placed",
+                                "export the series again with its geometry tags")
+        rows.append((f, pos, ori, head.GetSize()[:2]))
+    ori0, size0 = rows[0][2], rows[0][3]
+    odd = [Path(f).name for f, _, o, size in rows if not np.allclose(o, ori0, atol=1e-4) or size != size0]
+    if odd:
+        raise BadInputError(f"cannot read '{p}': the series mixes slice orientations or sizes ({_names(odd)} differ "
+                            f"from '{Path(rows[0][0]).name}')", "export the series again, or separate its parts")
+    normal = np.cross(ori0[:3], ori0[3:])
+    rows.sort(key=lambda r: float(normal @ r[1]))
+    along = np.array([float(normal @ r[1]) for r in rows])
+    if len(rows) == 1:
+        return [rows[0][0]], float("nan")
+    steps = np.diff(along)
+    same = [f"'{Path(rows[i][0]).name}' and '{Path(rows[i + 1][0]).name}'"
+            for i in np.nonzero(steps < DICOM_POSITION_TOL_MM)[0]]
+    if same:
+        raise BadInputError(f"cannot read '{p}': {len(same)} pair(s) of files of the series lie at the same slice "
+                            f"position ({'; '.join(same[:4])}{' ...' if len(same) > 4 else ''})",
+                            "the folder holds the same slice twice (a copy, another reconstruction or an echo): "
+                            "keep one file per position")
+    spacing = float(np.median(steps))
+    uneven = np.nonzero(np.abs(steps - spacing) > max(DICOM_SPACING_TOL * spacing, DICOM_POSITION_TOL_MM))[0]
+    if uneven.size:
+        shown = "; ".join(f"{steps[i]:.3g} mm between '{Path(rows[i][0]).name}' and '{Path(rows[i + 1][0]).name}'"
+                          for i in uneven[:4])
+        gaps = int(np.sum(np.round(steps[uneven] / spacing) >= 2))
+        raise BadInputError(f"cannot read '{p}': the slices are not evenly spaced (median {spacing:.4g} mm; {shown}"
+                            f"{' ...' if uneven.size > 4 else ''}){f'; {gaps} gap(s): missing slices?' if gaps else ''}",
+                            "copy the whole series (every slice), or resample it to even spacing first")
+    return [r[0] for r in rows], spacing
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    return ", ".join(f"'{n}'" for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_dicom_folder(p: Path, series_uid: str | None) -> Volume:
+    """A folder holding one DICOM series (or ``series_uid`` of several) as one volume, sorted by position."""
+    import SimpleITK as sitk
+
+    try:
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except RuntimeError as exc:
         raise _read_error(p, exc) from None
     if not uids:
@@ -623,21 +724,36 @@ def _read_dicom(p: Path, series_uid: str | None) -> Volume:
     if series_uid is None:
         if len(uids) > 1:
             raise BadInputError(
-                f"cannot read '{p}': the folder holds {len(uids)} DICOM series ({', '.join(uids)})",
-                "pass series_uid=... or put each series in its own folder",
-            )
+                f"cannot read '{p}': the folder holds {len(uids)} DICOM series: "
+                + "; ".join(_series_summary(p, u) for u in uids),
+                "choose one with --series UID (series_uid=... in Python), or put each series in its own folder")
         series_uid = uids[0]
     elif series_uid not in uids:
         raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
-                            f"use one of: {', '.join(uids)}")
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+                            "use one of: " + "; ".join(_series_summary(p, u) for u in uids))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series_uid))
+    if len(files) == 1:
+        vol = _read_dicom_file(Path(files[0]), series_uid)
+        vol.metadata.update(path=str(p), dicom_single_file=False)
+        return vol
+    files, spacing = _check_slice_positions(files, p)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.SetImageIO("GDCMImageIO")
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise _read_error(p, exc) from None
-    md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files)}
+        raise _read_error(p, RuntimeError(_sitk_error_text(exc))) from None
+    if img.GetDimension() != 3 or abs(img.GetSpacing()[2] - spacing) > max(DICOM_SPACING_TOL * spacing, 1e-3):
+        raise MedDiffError(f"the DICOM reader placed the slices of '{p}' {img.GetSpacing()[2]:.4g} mm apart, their "
+                           f"positions are {spacing:.4g} mm apart", "report this as a bug with the series")
+    md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files),
+          "dicom_single_file": False}
     return _sitk_to_volume(img, md)
+
+
+def _read_dicom(p: Path, series_uid: str | None) -> Volume:
+    return _read_dicom_folder(p, series_uid) if p.is_dir() else _read_dicom_file(p, series_uid)
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -647,7 +763,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     """Read a 3D volume from .nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd, or a DICOM series.
 
     ``path`` may be a folder holding one DICOM series (or several, with
-    ``series_uid``), or one DICOM file (its whole series is read). Data keep the
+    ``series_uid``): read as one volume sorted by slice position, refused when
+    positions repeat, miss a slice or are unevenly spaced. One DICOM file is
+    what it holds (one slice, metadata ``dicom_single_file``; or the frames of
+    a multi-frame file), never a volume of its neighbours. Data keep the
     file's dtype (in native byte order). 4D files with a single frame are read
     as 3D; other 4D files raise (use :func:`read_sequence`).
 
@@ -851,6 +970,19 @@ def write_sequence(seq: Sequence, path: str | os.PathLike, *, compress: bool = T
                  f"axis {a} index type": "numeric", f"axis {a} index values": values}
     _write_nrrd_file(p, ext, data, fields, keyvalues, compress)
     return p
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A DICOM file by extension (.dcm, .dicom, .ima) or, without a known extension, by its 'DICM' preamble."""
+    p = Path(path)
+    fmt = _FORMAT_BY_EXT.get(_ext(p))
+    return fmt == "dicom" or (fmt is None and p.is_file() and _is_dicom_file(p))
+
+
+def is_dicom_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` directly holds DICOM files: it is read as a DICOM series (one volume), not a batch."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
 
 
 def volume_files(folder: str | os.PathLike) -> list[Path]:

@@ -3,7 +3,8 @@
 Inputs: ``labels`` (a label file, or a folder of them for a batch) and optionally
 ``label_mapping`` (JSON/CSV, see :mod:`.labels`). Outputs: ``volume`` (a file, or
 a folder for a batch), optionally ``preview`` (PNG; a folder for a batch).
-Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``.
+Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``, ``series`` (the DICOM
+series UID to read from a folder that holds several).
 Everything is validated before sampling starts, and files are written only
 after every volume is done, so a failure leaves no output and never touches
 the input.
@@ -54,15 +55,26 @@ def read_label_volume(path: Path, mapping: dict[int | str, int] | None, series_u
     return Volume(labels, ijk_to_ras, {"source": str(path)})
 
 
-def _label_files(path: Path) -> list[Path]:
+def _label_files(path: Path) -> tuple[list[Path], bool]:
+    """(label maps, batch?): a file, a folder holding one DICOM series (ONE volume), or a folder of label files
+    (a batch: what the user asks for by passing such a folder). DICOM files are never a batch of slices."""
+    from ...io import is_dicom_file, is_dicom_folder
+
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS)
+                       and not is_dicom_file(p))
+        if is_dicom_folder(path):
+            if files:
+                raise BadInputError(f"label folder '{path}' mixes DICOM files with other label files ({files[0].name}...)",
+                                    "put the DICOM series in a folder of its own (it is read as one volume), "
+                                    "and the label files for a batch in another")
+            return [path], False
         if not files:
             raise BadInputError(f"label folder '{path}' holds no volume files", f"put {', '.join(VOLUME_EXTENSIONS)} files in it")
-        return files
+        return files, True
     if not path.exists():
         raise BadInputError(f"label map '{path}' does not exist", "check the path given to --labels")
-    return [path]
+    return [path], False
 
 
 def _check_output(path: Path, inputs: list[Path]) -> None:
@@ -75,10 +87,10 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
         raise ConfigError(f"output '{path}' is the input label map", "write the CT to another file; inputs are never overwritten")
 
 
-def _plan(job, files: list[Path], samples: int) -> list[list[Path]]:
+def _plan(job, files: list[Path], samples: int, batch: bool) -> list[list[Path]]:
     """Output paths per input file (one per sample)."""
     out = Path(job.outputs["volume"])
-    if len(files) == 1 and not Path(job.inputs["labels"]).is_dir():
+    if not batch:
         paths = [numbered_paths(out, samples)]
     else:
         if out.exists() and not out.is_dir():
@@ -123,14 +135,16 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     )
     mapping = load_mapping(job.inputs["label_mapping"]) if job.inputs.get("label_mapping") else None
 
-    files = _label_files(Path(job.inputs["labels"]))
+    files, batch = _label_files(Path(job.inputs["labels"]))
+    series = job.params.get("series")
+    if series is not None and (batch or not files[0].is_dir()):
+        raise ConfigError("--series picks one DICOM series of a folder", "pass the folder that holds the series as --labels")
     labels = []
     for f in files:
-        volume = read_label_volume(f, mapping)
+        volume = read_label_volume(f, mapping, series)
         check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
         labels.append(volume)
-    plan = _plan(job, files, samples)
-    batch = len(plan) > 1 or Path(job.inputs["labels"]).is_dir()
+    plan = _plan(job, files, samples, batch)
     for group in plan:
         for p in group:
             if batch:
