@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 from ...errors import BadInputError, ConfigError
 from ...io import VOLUME_EXTENSIONS, VOLUME_WRITE_EXTENSIONS, Volume
@@ -142,7 +144,11 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     labels = []
     for f in files:
         volume = read_label_volume(f, mapping, series)
-        check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
+        span = check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
+        if np.any(span > model.fov_mm[::-1]):
+            reporter.log(f"label map '{f.name}': labelled structures span {' x '.join(f'{e:.0f}' for e in span)} mm, "
+                         f"more than the model's {' x '.join(f'{v:.0f}' for v in model.fov_mm[::-1])} mm field of "
+                         "view: synthesised in overlapping windows at the model's resolution")
         labels.append(volume)
     plan = _plan(job, files, samples, batch)
     for group in plan:
