@@ -24,14 +24,16 @@ def oblique_geometry(shape_zyx=(12, 20, 18), spacing=(1.3, 1.1, 2.5)):
 
 
 def write_series(folder: Path, array: np.ndarray, ijk_to_ras: np.ndarray, *, series_uid=None, intercept=0.0,
-                 modality="CT", description="phantom", names=None) -> str:
-    """Write a (z, y, x) int array as a DICOM series, one file per slice (file names shuffled), with pydicom."""
+                 modality="CT", description="phantom", names=None, acquisition_s=None, first_instance=1, study_uid=None) -> str:
+    """Write a (z, y, x) int array as a DICOM series, one file per slice (file names shuffled), with pydicom.
+
+    ``acquisition_s``: the AcquisitionTime (seconds of the day) of every slice, for time series."""
     folder.mkdir(parents=True, exist_ok=True)
     lps = RAS_TO_LPS @ ijk_to_ras
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     row_dir, col_dir = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
     series_uid = series_uid or generate_uid(ROOT)
-    study = generate_uid(ROOT)
+    study = study_uid or generate_uid(ROOT)
     order = np.random.default_rng(0).permutation(array.shape[0])
     for n, k in enumerate(order):
         meta = FileMetaDataset()
@@ -42,7 +44,11 @@ def write_series(folder: Path, array: np.ndarray, ijk_to_ras: np.ndarray, *, ser
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesDescription, ds.PatientName, ds.PatientID = modality, description, "Phantom^Heart", "P1"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series_uid, int(k) + 1
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series_uid, int(k) + first_instance
+        if acquisition_s is not None:
+            hh, rest = divmod(float(acquisition_s), 3600.0)
+            mm, ss = divmod(rest, 60.0)
+            ds.AcquisitionTime = f"{int(hh):02d}{int(mm):02d}{ss:09.6f}"
         ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([row_dir, col_dir])]
         ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # row spacing (j), column spacing (i)

@@ -10,8 +10,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
-from dicom_helpers import oblique_geometry, write_series
+from dicom_helpers import ROOT, oblique_geometry, write_series
 from meddiffcore.errors import BadInputError
 from meddiffcore.io import is_dicom_folder, read_volume
 from meddiffcore.io.volume import RAS_TO_LPS
@@ -114,3 +115,43 @@ def test_missing_slice_and_uneven_spacing_are_refused(tmp_path, phantom):
     ds.save_as(shifted)
     with pytest.raises(BadInputError, match="not evenly spaced"):
         read_volume(tmp_path / "uneven")
+
+
+# --------------------------------------------------------------------------------------------- 4D (perfusion)
+
+
+def _perfusion(phantom, n_frames=5):
+    ct, m = phantom
+    return np.stack([ct + (30 * t if t % 2 else -20 * t) for t in range(n_frames)]).astype(np.int16), m
+
+
+def test_one_perfusion_series_is_a_sequence_with_its_acquisition_times(tmp_path, phantom):
+    from meddiffcore.io import read_dicom_sequence
+    from meddiffcore.tasks.ctp.sequences import read_ctp_sequence
+
+    frames, m = _perfusion(phantom)
+    times = [0.0, 2.0, 4.5, 6.0, 9.0]
+    uid, study = generate_uid(ROOT), generate_uid(ROOT)
+    for t, (frame, time_s) in enumerate(zip(frames, times)):  # one series, every position once per time point
+        write_series(tmp_path / "ctp", frame, m, series_uid=uid, study_uid=study, intercept=-1024, acquisition_s=43200.0 + time_s,
+                     names=[f"F{t}_{n:03d}.dcm" for n in range(frame.shape[0])], first_instance=1 + t * 100)
+    seq = read_dicom_sequence(tmp_path / "ctp")
+    np.testing.assert_array_equal(seq.array, frames)
+    np.testing.assert_allclose(seq.times_s, times, atol=1e-4)
+    np.testing.assert_allclose(seq.ijk_to_ras, m, atol=1e-4)
+    np.testing.assert_allclose(read_ctp_sequence(tmp_path / "ctp").times_s, times, atol=1e-4)  # the CTP input path
+    with pytest.raises(BadInputError, match="same slice position") as caught:  # never a 3D volume
+        read_volume(tmp_path / "ctp")
+    assert "read as a sequence" in caught.value.hint
+
+
+def test_one_series_per_time_point_is_a_sequence(tmp_path, phantom):
+    from meddiffcore.io import read_dicom_sequence
+
+    frames, m = _perfusion(phantom, 3)
+    for t in (2, 0, 1):
+        write_series(tmp_path / "ctp", frames[t], m, intercept=-1024, acquisition_s=3600.0 + 3.0 * t,
+                     names=[f"S{t}_{n:03d}.dcm" for n in range(frames.shape[1])])
+    seq = read_dicom_sequence(tmp_path / "ctp")
+    np.testing.assert_array_equal(seq.array, frames)
+    np.testing.assert_allclose(seq.times_s, [0.0, 3.0, 6.0], atol=1e-4)

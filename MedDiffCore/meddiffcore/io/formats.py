@@ -32,6 +32,7 @@ __all__ = [
     "Segment",
     "Segmentation",
     "read_sequence",
+    "read_dicom_sequence",
     "write_sequence",
     "volume_format",
     "sequence_format",
@@ -693,7 +694,8 @@ def _check_slice_positions(files: list[str], p: Path) -> tuple[list[str], float]
         raise BadInputError(f"cannot read '{p}': {len(same)} pair(s) of files of the series lie at the same slice "
                             f"position ({'; '.join(same[:4])}{' ...' if len(same) > 4 else ''})",
                             "the folder holds the same slice twice (a copy, another reconstruction or an echo): "
-                            "keep one file per position")
+                            "keep one file per position; a time series (perfusion) is read as a sequence "
+                            "(read_sequence, meddiff inpaint --sequence FOLDER)")
     spacing = float(np.median(steps))
     uneven = np.nonzero(np.abs(steps - spacing) > max(DICOM_SPACING_TOL * spacing, DICOM_POSITION_TOL_MM))[0]
     if uneven.size:
@@ -714,13 +716,7 @@ def _read_dicom_folder(p: Path, series_uid: str | None) -> Volume:
     """A folder holding one DICOM series (or ``series_uid`` of several) as one volume, sorted by position."""
     import SimpleITK as sitk
 
-    try:
-        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
-    except RuntimeError as exc:
-        raise _read_error(p, exc) from None
-    if not uids:
-        raise BadInputError(f"cannot read '{p}': no DICOM series found in the folder",
-                            "point at a folder that holds the DICOM files of one series")
+    uids = _series_uids(p)
     if series_uid is None:
         if len(uids) > 1:
             raise BadInputError(
@@ -731,7 +727,26 @@ def _read_dicom_folder(p: Path, series_uid: str | None) -> Volume:
     elif series_uid not in uids:
         raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
                             "use one of: " + "; ".join(_series_summary(p, u) for u in uids))
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series_uid))
+    return _read_dicom_files(list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series_uid)), p, series_uid)
+
+
+def _series_uids(p: Path) -> list[str]:
+    import SimpleITK as sitk
+
+    try:
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    except RuntimeError as exc:
+        raise _read_error(p, exc) from None
+    if not uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series found in the folder",
+                            "point at a folder that holds the DICOM files of one series")
+    return uids
+
+
+def _read_dicom_files(files: list[str], p: Path, series_uid: str) -> Volume:
+    """The files of one series (one volume) read as one volume, sorted and checked by position."""
+    import SimpleITK as sitk
+
     if len(files) == 1:
         vol = _read_dicom_file(Path(files[0]), series_uid)
         vol.metadata.update(path=str(p), dicom_single_file=False)
@@ -750,6 +765,112 @@ def _read_dicom_folder(p: Path, series_uid: str | None) -> Volume:
     md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files),
           "dicom_single_file": False}
     return _sitk_to_volume(img, md)
+
+
+def _dicom_seconds(head) -> float | None:
+    """Acquisition time of a file in seconds of the day (AcquisitionTime, else ContentTime), or TriggerTime."""
+    for key in ("0008|0032", "0008|0033"):
+        text = _tag(head, key)
+        m = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(\.\d+)?", text) if text else None
+        if m:
+            hh, mm, ss = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
+            return hh * 3600.0 + mm * 60.0 + ss + float(m.group(4) or 0.0)
+    trigger = _tag(head, "0018|1060")
+    try:
+        return float(trigger) / 1000.0 if trigger else None
+    except ValueError:
+        return None
+
+
+def _frames_of_one_series(files: list[str], p: Path) -> tuple[list[list[str]], list[float | None]]:
+    """Split a series whose positions repeat (one position per slice and time) into frames, by time."""
+    rows = []
+    for f in files:
+        try:
+            head = _dicom_header(Path(f))
+        except RuntimeError as exc:
+            raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
+        try:
+            pos = np.array([float(v) for v in _tag(head, "0020|0032").split("\\")], dtype=np.float64)
+            ori = np.array([float(v) for v in _tag(head, "0020|0037").split("\\")], dtype=np.float64)
+        except ValueError:
+            pos = ori = np.zeros(0)
+        if pos.shape != (3,) or ori.shape != (6,):
+            raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
+                                "orientation", "export the series again with its geometry tags")
+        number = _tag(head, "0020|0013")
+        rows.append((f, float(np.cross(ori[:3], ori[3:]) @ pos), _dicom_seconds(head),
+                     int(number) if number.lstrip("-").isdigit() else 0))
+    rows.sort(key=lambda r: r[1])
+    groups: list[list[tuple]] = []
+    for row in rows:
+        if groups and abs(row[1] - groups[-1][0][1]) < DICOM_POSITION_TOL_MM:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    counts = sorted({len(g) for g in groups})
+    if len(counts) != 1:
+        raise BadInputError(f"cannot read '{p}' as a time series: its {len(groups)} slice positions hold "
+                            f"{counts[0]} to {counts[-1]} files each", "copy every time point of every slice")
+    for g in groups:
+        g.sort(key=lambda r: (r[2] if r[2] is not None else 0.0, r[3]))
+    n_frames = counts[0]
+    frames = [[g[t][0] for g in groups] for t in range(n_frames)]
+    times = []
+    for t in range(n_frames):
+        stamps = [g[t][2] for g in groups]
+        times.append(None if any(v is None for v in stamps) else min(stamps))
+    return frames, times
+
+
+def read_dicom_sequence(path: str | os.PathLike, *, series_uid: str | None = None) -> Sequence:
+    """A DICOM time series (CT perfusion) as a 4D Sequence: one series whose slice positions repeat once per time
+    point (frames ordered by AcquisitionTime, ContentTime or TriggerTime), or a folder of one series per time point
+    (all on one grid). Times are seconds from the first frame; metadata ``time_step_missing`` when the files
+    record no time. Each frame is read and checked like a series by :func:`read_volume`."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.is_dir():
+        raise BadInputError(f"cannot read '{p}' as a DICOM time series: it is not a folder",
+                            "pass the folder that holds the perfusion series")
+    uids = _series_uids(p)
+    if series_uid is not None and series_uid not in uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
+                            "use one of: " + "; ".join(_series_summary(p, u) for u in uids))
+    chosen = [series_uid] if series_uid else uids
+    frames: list[Volume] = []
+    stamps: list[float | None] = []
+    for uid in chosen:
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid))
+        groups, times = _frames_of_one_series(files, p) if len(files) > 1 else ([files], [None])
+        if len(chosen) > 1 and len(groups) > 1:
+            raise BadInputError(f"cannot read '{p}': series {uid} is itself a time series, and the folder holds "
+                                f"{len(chosen)} series", "pick one with --series UID, or keep one series per time point")
+        if len(groups) == 1:  # one volume per series: its time is its first file's
+            try:
+                times = [_dicom_seconds(_dicom_header(Path(files[0])))]
+            except RuntimeError:
+                times = [None]
+        for group, t in zip(groups, times):
+            frames.append(_read_dicom_files(group, p, uid))
+            stamps.append(t)
+    first = frames[0]
+    odd = [i for i, v in enumerate(frames) if v.shape != first.shape or not np.allclose(v.ijk_to_ras, first.ijk_to_ras, atol=1e-3)]
+    if odd:
+        raise BadInputError(f"cannot read '{p}' as a time series: frame {odd[0] + 1} lies on another grid than the first",
+                            "every time point must cover the same slices")
+    md = {"format": "dicom", "path": str(p), "dicom_series_uids": chosen}
+    if any(t is None for t in stamps):
+        md["time_step_missing"] = True
+        order = list(range(len(frames)))
+        times_s = np.arange(len(frames), dtype=np.float64)
+    else:
+        order = sorted(range(len(frames)), key=lambda i: stamps[i])
+        t0 = stamps[order[0]]
+        times_s = np.array([stamps[i] - t0 for i in order], dtype=np.float64)
+    array = np.stack([frames[i].array for i in order])
+    return Sequence(array, first.ijk_to_ras, times_s, md)
 
 
 def _read_dicom(p: Path, series_uid: str | None) -> Volume:
