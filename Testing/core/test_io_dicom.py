@@ -155,3 +155,30 @@ def test_one_series_per_time_point_is_a_sequence(tmp_path, phantom):
     seq = read_dicom_sequence(tmp_path / "ctp")
     np.testing.assert_array_equal(seq.array, frames)
     np.testing.assert_allclose(seq.times_s, [0.0, 3.0, 6.0], atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- DICOM output
+
+
+def test_written_series_has_the_volumes_geometry_in_simpleitk_and_the_sources_study(tmp_path, phantom):
+    from meddiffcore.io import Volume, write_dicom_series
+
+    ct, m = phantom
+    write_series(tmp_path / "src", ct, m, intercept=-1024)
+    out = write_dicom_series(Volume(ct, m), tmp_path / "out", reference=tmp_path / "src", description="synthetic CT")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out)))
+    img = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), ct)
+    v = read_volume(out)
+    np.testing.assert_allclose(v.ijk_to_ras, m, atol=1e-5)
+    np.testing.assert_allclose(img.GetDirection(), v.direction_lps.ravel(), atol=1e-6)
+    src = pydicom.dcmread(next((tmp_path / "src").iterdir()), stop_before_pixels=True)
+    written = pydicom.dcmread(next(out.iterdir()), stop_before_pixels=True)
+    assert written.StudyInstanceUID == src.StudyInstanceUID and written.PatientID == src.PatientID
+    assert written.SeriesInstanceUID != src.SeriesInstanceUID and "DERIVED" in written.ImageType
+    with pytest.raises(BadInputError, match="not an empty folder"):  # never over existing files
+        write_dicom_series(Volume(ct, m), tmp_path / "src")
+    with pytest.raises(BadInputError, match="int16"):
+        write_dicom_series(Volume(ct.astype(np.float32) + 0.5, m), tmp_path / "float")
+    assert not (tmp_path / "float").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

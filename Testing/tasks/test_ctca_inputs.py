@@ -80,3 +80,19 @@ def test_one_dicom_file_is_refused_as_a_label_map(label_series, tmp_path, capsys
     assert _run(sorted(folder.iterdir())[0], out) == 3
     event = _last_event(capsys)
     assert "one DICOM file" in event["message"] and "whole DICOM series" in event["hint"] and not out.exists()
+
+
+def test_dicom_series_in_gives_a_dicom_series_out_in_the_same_study(label_series, tmp_path):
+    import pydicom
+
+    folder, labels, m, _ = label_series
+    out = tmp_path / "synthetic_ct"  # no volume extension: a DICOM series folder
+    assert _run(folder, out) == 0
+    ct = read_volume(out)
+    assert ct.shape == labels.shape and ct.array.dtype == np.int16
+    np.testing.assert_allclose(ct.ijk_to_ras, m, atol=1e-4)
+    src = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    written = pydicom.dcmread(next(out.iterdir()), stop_before_pixels=True)
+    assert written.StudyInstanceUID == src.StudyInstanceUID and written.SeriesInstanceUID != src.SeriesInstanceUID
+    assert "ctca-tiny" in written.SeriesDescription and written.RescaleType == "HU"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_ct"]  # no temporary folder left

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from meddiffcore.errors import BadInputError, MedDiffError
 
 from . import nrrd as _nrrd
-from .atomic import atomic_output, atomic_outputs, split_extension
+from .atomic import _fsync_file, atomic_output, atomic_outputs, split_extension
 from .volume import RAS_TO_LPS, Sequence, Volume, check_finite
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Segmentation",
     "read_sequence",
     "read_dicom_sequence",
+    "write_dicom_series",
     "write_sequence",
     "volume_format",
     "sequence_format",
@@ -875,6 +877,103 @@ def read_dicom_sequence(path: str | os.PathLike, *, series_uid: str | None = Non
 
 def _read_dicom(p: Path, series_uid: str | None) -> Volume:
     return _read_dicom_folder(p, series_uid) if p.is_dir() else _read_dicom_file(p, series_uid)
+
+
+#: Patient and study attributes a derived series copies from its source, so PACS and Slicer file it in that study.
+_DICOM_STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+                     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                     "StudyDescription", "FrameOfReferenceUID")
+
+
+def _dicom_reference(reference: str | os.PathLike | None) -> dict:
+    import pydicom
+
+    if reference is None:
+        return {}
+    ref = Path(reference)
+    if ref.is_dir():
+        ref = next((f for f in sorted(ref.iterdir()) if f.is_file() and is_dicom_file(f)), None)
+        if ref is None:
+            return {}
+    try:
+        ds = pydicom.dcmread(ref, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise _read_error(ref, exc) from None
+    return {k: ds.get(k) for k in _DICOM_STUDY_KEYS if ds.get(k) not in (None, "")}
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, reference: str | os.PathLike | None = None,
+                       description: str = "MedDiff derived", modality: str = "CT") -> Path:
+    """Write an integer volume (e.g. int16 HU) as a DICOM series, one CT Image Storage file per slice, into the new
+    (or empty) ``folder``, atomically: the folder appears only when every slice is written.
+
+    Geometry is exact (ImagePositionPatient per slice, ImageOrientationPatient, PixelSpacing, spacing between
+    slices, all LPS); the series is DERIVED with new Series/SOP UIDs. ``reference`` (a DICOM file or series folder,
+    e.g. the input) gives the patient and study attributes, so the series is filed in that study.
+    """
+    from datetime import datetime
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    target = Path(folder)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BadInputError(f"cannot write the DICOM series to '{target}': it exists and is not an empty folder",
+                            "name a new folder (DICOM output never replaces files)")
+    if not target.parent.is_dir():
+        raise BadInputError(f"cannot write '{target}': the folder '{target.parent}' does not exist",
+                            "create the output folder first")
+    arr = np.asarray(volume.array)
+    if arr.dtype.kind not in "biu" or (arr.size and (arr.min() < -32768 or arr.max() > 32767)):
+        raise BadInputError(f"cannot write dtype {arr.dtype} (range {arr.min()}..{arr.max()}) as a DICOM CT series",
+                            "DICOM output takes whole numbers in the int16 range (HU)")
+    lps = volume.ijk_to_lps
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    unit = lps[:3, :3] / spacing
+    if not np.allclose(np.cross(unit[:, 0], unit[:, 1]), unit[:, 2], atol=1e-6):
+        raise BadInputError("cannot write a DICOM series whose slice axis is not the normal of its rows and columns "
+                            "(a sheared or left-handed grid)", "write NIfTI or NRRD instead")
+    study = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid(), **_dicom_reference(reference)}
+    series_uid = generate_uid()
+    now = datetime.now()
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    tmp.mkdir()
+    try:
+        for k in range(arr.shape[0]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            for key, value in study.items():
+                setattr(ds, key, value)
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = modality, series_uid, 9001, k + 1
+            ds.SeriesDescription, ds.ImageType, ds.Manufacturer = description[:64], ["DERIVED", "SECONDARY"], "MedDiff"
+            ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+            ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
+            ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([unit[:, 0], unit[:, 1]])]
+            ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # between rows (j), between columns (i)
+            ds.SliceThickness = ds.SpacingBetweenSlices = f"{spacing[2]:.6f}"
+            ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+            ds.PixelData = np.ascontiguousarray(arr[k], dtype="<i2").tobytes()
+            ds.save_as(tmp / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
+            _fsync_file(tmp / f"IM{k + 1:05d}.dcm")
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(target, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 # --------------------------------------------------------------------------------------------- public API

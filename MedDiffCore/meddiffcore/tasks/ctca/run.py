@@ -1,8 +1,10 @@
 """The ``ctca.synthesize`` job (CLI ``meddiff synthesize`` and the engine worker).
 
-Inputs: ``labels`` (a label file, or a folder of them for a batch) and optionally
-``label_mapping`` (JSON/CSV, see :mod:`.labels`). Outputs: ``volume`` (a file, or
-a folder for a batch), optionally ``preview`` (PNG; a folder for a batch).
+Inputs: ``labels`` (a label file, a folder holding one DICOM series, or a folder of
+label files for a batch) and optionally ``label_mapping`` (JSON/CSV, see :mod:`.labels`).
+Outputs: ``volume`` (a file; a folder for a batch; for a DICOM series input, a name
+without a volume extension is a new DICOM series folder in the input's study),
+optionally ``preview`` (PNG; a folder for a batch).
 Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``, ``series`` (the DICOM
 series UID to read from a folder that holds several).
 Everything is validated before sampling starts, and files are written only
@@ -79,9 +81,18 @@ def _label_files(path: Path) -> tuple[list[Path], bool]:
     return [path], False
 
 
-def _check_output(path: Path, inputs: list[Path]) -> None:
+def _dicom_output(path: Path, inputs: list[Path], batch: bool) -> bool:
+    """A DICOM series in: an output named without a volume extension is a new DICOM series folder (same study)."""
+    return not batch and inputs[0].is_dir() and split_extension(path.name)[1].lower() not in VOLUME_WRITE_EXTENSIONS
+
+
+def _check_output(path: Path, inputs: list[Path], dicom: bool = False) -> None:
     _, ext = split_extension(path.name)
-    if ext.lower() not in VOLUME_WRITE_EXTENSIONS:
+    if dicom:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f"output '{path}' exists and is not an empty folder",
+                              "name a new folder for the DICOM series (or a .nii.gz/.nrrd file)")
+    elif ext.lower() not in VOLUME_WRITE_EXTENSIONS:
         raise ConfigError(f"output '{path}' has an unsupported extension '{ext}'", f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
     if not path.parent.is_dir():
         raise ConfigError(f"output folder '{path.parent}' does not exist", "create it first")
@@ -108,7 +119,7 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     import torch
 
     from ...devices import resolve_device
-    from ...io import write_volume
+    from ...io import write_dicom_series, write_volume
     from ...preview import CT_ANGIO, write_preview
     from .grid import check_field_of_view
     from .labels import load_mapping
@@ -157,7 +168,7 @@ def run_synthesize(job, reporter) -> dict[str, str]:
                 if p.parent.exists() and not p.parent.is_dir():
                     raise ConfigError(f"output '{p.parent}' is not a folder", "pass --out FOLDER")
             else:
-                _check_output(p, files)
+                _check_output(p, files, _dicom_output(p, files, batch))
     preview = job.outputs.get("preview")
     if preview and not batch and not Path(preview).parent.is_dir():
         raise ConfigError(f"preview folder '{Path(preview).parent}' does not exist", "create it first")
@@ -187,7 +198,10 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     for i, (path, ct) in enumerate(results):
         if batch:
             path.parent.mkdir(parents=True, exist_ok=True)
-        write_volume(ct, path)
+        if _dicom_output(path, files, batch):
+            write_dicom_series(ct, path, reference=files[0], description=f"MedDiff synthetic CT ({model.card.name})")
+        else:
+            write_volume(ct, path)
         outputs["volume" if len(results) == 1 else f"volume_{i + 1}"] = str(path)
     if preview:
         if batch:
