@@ -659,25 +659,30 @@ def _read_dicom_file(p: Path, series_uid: str | None) -> Volume:
     return _sitk_to_volume(img, md)
 
 
+def _slice_place(f: str, p: Path):
+    """(header reader, ImagePositionPatient, ImageOrientationPatient) of one file of a series, or a clear error."""
+    try:
+        head = _dicom_header(Path(f))
+    except RuntimeError as exc:
+        raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
+    try:
+        pos = np.array([float(v) for v in _tag(head, "0020|0032").split("\\")], dtype=np.float64)
+        ori = np.array([float(v) for v in _tag(head, "0020|0037").split("\\")], dtype=np.float64)
+    except ValueError:
+        pos = ori = np.zeros(0)
+    if pos.shape != (3,) or ori.shape != (6,):
+        raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
+                            "orientation (0020,0032 / 0020,0037), so its slice cannot be placed",
+                            "export the series again with its geometry tags")
+    return head, pos, ori
+
+
 def _check_slice_positions(files: list[str], p: Path) -> tuple[list[str], float]:
     """Sort a series' files by position along its slice normal; refuse mixed orientations, duplicate positions,
     gaps and uneven spacing (naming the files). Returns (sorted files, slice spacing in mm)."""
     rows = []
     for f in files:
-        try:
-            head = _dicom_header(Path(f))
-        except RuntimeError as exc:
-            raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
-        ipp, iop = _tag(head, "0020|0032"), _tag(head, "0020|0037")
-        try:
-            pos = np.array([float(v) for v in ipp.split("\\")], dtype=np.float64)
-            ori = np.array([float(v) for v in iop.split("\\")], dtype=np.float64)
-        except ValueError:
-            pos = ori = np.zeros(0)
-        if pos.shape != (3,) or ori.shape != (6,):
-            raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
-                                "orientation (0020,0032 / 0020,0037), so its slice cannot be placed",
-                                "export the series again with its geometry tags")
+        head, pos, ori = _slice_place(f, p)
         rows.append((f, pos, ori, head.GetSize()[:2]))
     ori0, size0 = rows[0][2], rows[0][3]
     odd = [Path(f).name for f, _, o, size in rows if not np.allclose(o, ori0, atol=1e-4) or size != size0]
@@ -788,18 +793,7 @@ def _frames_of_one_series(files: list[str], p: Path) -> tuple[list[list[str]], l
     """Split a series whose positions repeat (one position per slice and time) into frames, by time."""
     rows = []
     for f in files:
-        try:
-            head = _dicom_header(Path(f))
-        except RuntimeError as exc:
-            raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
-        try:
-            pos = np.array([float(v) for v in _tag(head, "0020|0032").split("\\")], dtype=np.float64)
-            ori = np.array([float(v) for v in _tag(head, "0020|0037").split("\\")], dtype=np.float64)
-        except ValueError:
-            pos = ori = np.zeros(0)
-        if pos.shape != (3,) or ori.shape != (6,):
-            raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
-                                "orientation", "export the series again with its geometry tags")
+        head, pos, ori = _slice_place(f, p)
         number = _tag(head, "0020|0013")
         rows.append((f, float(np.cross(ori[:3], ori[3:]) @ pos), _dicom_seconds(head),
                      int(number) if number.lstrip("-").isdigit() else 0))

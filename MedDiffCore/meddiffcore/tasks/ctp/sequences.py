@@ -60,23 +60,17 @@ def read_ctp_sequence(path, times=None, spacing_mm=None) -> Sequence:
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"input '{p}' does not exist", "check the path")
-    if p.is_dir() and is_dicom_folder(p):  # a DICOM perfusion series (or one series per time point)
-        seq = read_dicom_sequence(p)
-        if times is not None:
-            return Sequence(seq.array, seq.ijk_to_ras, parse_times(times, len(seq)), seq.metadata)
-        if seq.metadata.get("time_step_missing"):
-            raise BadInputError(f"the DICOM files in '{p}' record no acquisition times",
-                                "give the frame times with --times (e.g. --times 2 for 2 s sampling)")
-        return seq
-    if p.is_dir():
+    dicom = p.is_dir() and is_dicom_folder(p)  # a DICOM perfusion series (or one series per time point)
+    if p.is_dir() and not dicom:
         return _read_folder(p, times)
     if _ext(p) == NPY_EXTENSION:
         return _read_npy(p, times, spacing_mm)
-    seq = read_sequence(p)
+    seq = read_dicom_sequence(p) if dicom else read_sequence(p)
     if times is not None:
         return Sequence(seq.array, seq.ijk_to_ras, parse_times(times, len(seq)), seq.metadata)
     if seq.metadata.get("time_step_missing"):
-        raise BadInputError(f"'{p.name}' does not record its time step (NIfTI pixdim[4] is 0)",
+        raise BadInputError(f"'{p.name}' does not record its time step "
+                            f"({'its DICOM files have no acquisition times' if dicom else 'NIfTI pixdim[4] is 0'})",
                             "give the frame times with --times (e.g. --times 2 for 2 s sampling)")
     if len(seq) > 1 and "index_values" in seq.metadata and seq.metadata.get("index_type", "numeric") != "numeric":
         raise BadInputError(f"'{p.name}' has non-numeric frame index values", "give the frame times with --times")
