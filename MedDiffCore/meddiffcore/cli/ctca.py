@@ -14,7 +14,11 @@ def register(subparsers, groups) -> None:
         description="Synthesise a cardiac CT whose anatomy follows the label map voxel for voxel "
                     "(labels 0 background, 1 myocardium, 2 LA, 3 LV, 4 RA, 5 RV, 6 aorta, 7 pulmonary artery, 8 coronaries). "
                     "The output is int16 HU on exactly the label map's grid.")
-    p.add_argument("--labels", required=True, help="label map file, or a folder of them (batch)")
+    p.add_argument("--labels", required=True,
+                   help="label map file (.seg.nrrd segments are matched by name), a folder holding one DICOM series "
+                        "(one volume), or a folder of label files (batch)")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="the DICOM series to read when the --labels folder holds several")
     p.add_argument("--out", required=True, help="output CT file (.nii.gz, .nrrd, .mha), or a folder for a batch")
     p.add_argument("--label-mapping", default=None, metavar="FILE", help="JSON/CSV mapping your label values to ours")
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps ({CARD_DEFAULT})")
@@ -71,7 +75,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.preview:
         outputs["preview"] = args.preview
     params = {"samples": args.samples}
-    for key in ("steps", "sampler", "guidance", "hr_model"):
+    for key in ("steps", "sampler", "guidance", "hr_model", "series"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     job = Job(task="ctca.synthesize", inputs=inputs, outputs=outputs, model=args.model, params=params,
