@@ -86,3 +86,28 @@ def test_bicubic_reference_is_the_one_the_benchmark_uses():
     truth = area_down(ct_small_hu(), 2)
     bicubic = upsample_interpolate(area_down(truth, 2)[None], 64, "bicubic")[0]
     assert 25.0 < psnr(truth, bicubic, float(np.ptp(truth))) < 45.0
+
+
+@pytest.mark.parametrize("command", ["recon", "inpaint"])
+def test_ct_in_stored_values_is_refused_not_squeezed_into_the_window(tmp_path, command):
+    """pydicom's CT_small without its rescale intercept (air near 0, soft tissue near 1000) ran through the
+    recon and CTP models' HU windows with exit 0; it is BAD_INPUT naming the rescale, and nothing is written."""
+    from meddiffcore.io import Sequence
+
+    stored = ct_small_hu()[32:96, 32:96] + 1024.0  # 64 x 64 of the stored values
+    if command == "recon":
+        write_volume(Volume.from_spacing(np.repeat(stored[None], 16, axis=0), spacing_mm=(1.0, 1.0, 1.0)),
+                     tmp_path / "in.nii.gz")
+        args = ["recon", "ct", "--simulate-from", str(tmp_path / "in.nii.gz"), "--views", "8", "--out",
+                str(tmp_path / "out.nii.gz")]
+    else:
+        from meddiffcore.tasks.ctp.sequences import write_ctp_sequence
+
+        frames = np.repeat(np.repeat(stored[None, None], 8, axis=1), 3, axis=0)
+        write_ctp_sequence(Sequence(frames.astype(np.float32), np.eye(4), np.array([0.0, 4.0, 8.0])),
+                           tmp_path / "in.seq.nrrd")
+        args = ["inpaint", "--sequence", str(tmp_path / "in.seq.nrrd"), "--out", str(tmp_path / "out.seq.nrrd")]
+    result = run_cli(tmp_path / "home", *args)
+    assert result.returncode == EXIT_STATUS[ErrorCode.BAD_INPUT], result.stdout + result.stderr
+    assert "HU" in result.stderr and "RescaleIntercept" in result.stderr
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())

@@ -74,6 +74,9 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     interval = _number(job, "interval", 1.0)
     batch = None if _param(job, "batch_size") is None else _number(job, "batch_size", DEFAULT_BATCH, int, 1)
     seq = _read(job)
+    from meddiffcore.units import check_hu
+
+    check_hu(seq.array[0], "the perfusion sequence")
     device = resolve_device(job.device)
     model = load_for_inference(job.model or DEFAULT_MODEL, device)
     steps = _number(job, "steps", model.diffusion.sampling_steps, int, 1)
