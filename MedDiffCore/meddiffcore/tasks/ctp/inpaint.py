@@ -31,6 +31,16 @@ from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, w
 from .model import LoadedModel, denoiser_for, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
+#: How far (a fraction of the window width) values may lie beyond the window and still be seen by the
+#: network, and be filled by it, at inference. With none (the seed's clipping), a known frame's noise is
+#: clipped at the window's edges: CSF at 8 HU in a window from 0 HU loses its negative noise, so the
+#: network sees it too bright and fills it too bright, and the voxels whose noise did cross the edge fall
+#: back to the line, so the switch itself selects on the noise; both bias the filled frames by tissue.
+KNOWN_MARGIN = 0.25
+#: The same for the network's input: a known value within this margin of the window is kept, one further out
+#: (air, bone, a contrast-filled artery) is clipped to the window's edge, as the network saw it in training.
+INPUT_MARGIN = KNOWN_MARGIN
+
 #: Most (frame, slab) items sampled together when the batch is chosen from free memory.
 DEFAULT_BATCH = 8
 #: Share of the free memory (GPU, or main memory on the CPU) a chosen batch may fill.
@@ -94,8 +104,8 @@ def sampling_sigmas(diffusion, steps: int) -> torch.Tensor:
 
 def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
                     weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
-                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None
-                    ) -> torch.Tensor:
+                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
+                    margin: float = 0.0) -> torch.Tensor:
     """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
 
     The linear interpolation plus the residual the model gives: its posterior
@@ -114,7 +124,8 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
             callback({"i": 0})
     else:
         residual = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond)
-    return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-1, 1)
+    bound = 1.0 + 2.0 * margin
+    return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-bound, bound)
 
 
 def evaluations_per_batch(estimate: str, sampler: str, steps: int) -> int:
@@ -148,7 +159,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     lo, hi = window_bounds(level, width)
     n_z, n_y, n_x = hu.shape[1:]
     first = hu[plan.known[0]]
-    mask = tissue_mask(first, level, width)
+    mask = tissue_mask(first, level, width * (1.0 + 2.0 * KNOWN_MARGIN))
     plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     slab = model.slab_slices
     mult = model.net.config.size_multiple
@@ -158,7 +169,9 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     starts = slab_starts(zs, slab)
 
     needed = sorted({k for g in plan.targets for k in (g.left, g.right)})
-    padded = {k: np.pad(hu_to_model(hu[k], level, width), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
+    margin = KNOWN_MARGIN
+    lo, hi = lo - margin * width, hi + margin * width  # where the network fills (see KNOWN_MARGIN)
+    padded = {k: np.pad(hu_to_model(hu[k], level, width, INPUT_MARGIN), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
               for k in needed}
 
     items = [(ti, s) for ti in range(len(plan.targets)) for s in starts]
@@ -181,7 +194,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
 
         try:
             out = _estimate_chunk(model, chunk, plan, padded, slab, device, estimate=estimate, sampler=sampler,
-                                  steps=steps, generator=generator, callback=callback)
+                                  steps=steps, generator=generator, callback=callback, margin=margin)
         except (MemoryError, RuntimeError) as exc:
             from meddiffcore.devices import is_out_of_memory, out_of_memory_error
 
@@ -204,7 +217,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         n_batches += 1
         step += steps_per_batch
     acc /= wsum[None, :, None, None]
-    model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width)
+    model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width, margin)
 
     frames = linear_fill(hu, plan)
     for ti, g in enumerate(plan.targets):
@@ -220,7 +233,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
 
 def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: InpaintPlan, padded: dict, slab: int,
                     device: torch.device, *, estimate: str, sampler: str, steps: int,
-                    generator: torch.Generator | None, callback) -> np.ndarray:
+                    generator: torch.Generator | None, callback, margin: float = 0.0) -> np.ndarray:
     """(len(chunk), slab, Y, X) frames in window units for the (target, slab start) items of ``chunk``."""
     targets = [plan.targets[ti] for ti, _ in chunk]
     known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
@@ -231,7 +244,7 @@ def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: Inpa
         out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
                               torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
                               estimate=estimate, sampler=sampler, steps=steps, generator=generator,
-                              callback=callback)
+                              callback=callback, margin=margin)
     return out[:, 0].float().cpu().numpy()
 
 
