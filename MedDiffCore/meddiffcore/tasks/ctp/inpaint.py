@@ -152,7 +152,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     every network step. ``batch_size`` None chooses it from the free memory
     (:func:`choose_batch`); a batch that runs out of memory anyway is halved and
     run again (said through ``log``), and only a single item that does not fit
-    is an OutOfMemoryError, whose hint names ``--batch-size``.
+    is an OutOfMemoryError (its hint: free memory, a bigger GPU, a smaller crop).
     """
     estimate = estimate or model.diffusion.estimate
     level, width = model.window_level_hu, model.window_width_hu
