@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import from_dict, to_dict
-from .devices import translate_out_of_memory
+from .devices import set_threads, translate_out_of_memory
 from .errors import CancelledError, ConfigError, DependencyError, ErrorCode, MedDiffError
 from .progress import Reporter
 
@@ -51,6 +51,8 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     seed: int | None = None
+    threads: int | None = None
+    """CPU threads for torch; None chooses them from the cores that are free now (see devices.set_threads)."""
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Job":
@@ -135,7 +137,12 @@ def run_job(job: Job, reporter: Reporter) -> int:
     try:
         runner = runner_for(job.task)
         check_job(job)
-        reporter.started(job.task, model=job.model, device=job.device)
+        if job.threads is not None and (isinstance(job.threads, bool) or not isinstance(job.threads, int)
+                                        or job.threads < 1):
+            raise ConfigError(f"threads must be a whole number of at least 1, got {job.threads!r}",
+                              "leave it out to use the cores that are free, or give e.g. --threads 1")
+        threads = set_threads(job.threads)
+        reporter.started(job.task, model=job.model, device=job.device, threads=threads)
         with translate_out_of_memory(f"job '{job.task}'"):
             outputs = runner(job, reporter)
         reporter.done({k: str(v) for k, v in outputs.items()})

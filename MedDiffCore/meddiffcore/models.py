@@ -66,6 +66,13 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=False) + "\n"
 
+    def below_baseline(self) -> dict[str, str]:
+        """Where the card says this model loses to its classical baseline: ``metrics["below_baseline"]``, a
+        table from what (a stage, an input kind such as ``real_images``) to the measured figures, in words.
+        Runners do not run such a part by default and say so whenever it runs."""
+        table = self.metrics.get("below_baseline") or {}
+        return {str(k): str(v) for k, v in table.items()} if isinstance(table, dict) else {}
+
     @classmethod
     def from_json_file(cls, path: Path) -> "ModelCard":
         try:

@@ -23,6 +23,8 @@ def add_job_options(parser: argparse.ArgumentParser, *, seed: bool = True, model
     """--device, --progress, and optionally --seed and --model (``model="required"``: the command needs one;
     a string other than that names the default model shown in the help)."""
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: the cores free now, from the load average and CPU affinity)")
     parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                         help="bar: a terminal progress bar; json: the engine's JSON-lines events on stdout")
     if seed:
@@ -51,6 +53,8 @@ def execute(job: Job, args: argparse.Namespace) -> int:
 
     SIGINT and SIGTERM cancel it: one CANCELLED error (an event with ``--progress json``), status 130, no output.
     """
+    if getattr(args, "threads", None) is not None:
+        job.threads = args.threads
     if getattr(args, "save_job", None):
         Path(args.save_job).write_text(job.to_json(), encoding="utf-8")
         print(f"wrote job {args.save_job}", file=sys.stderr)

@@ -32,15 +32,23 @@ def window_bounds(level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU
     return level - width / 2.0, level + width / 2.0
 
 
-def hu_to_model(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU) -> np.ndarray:
-    """HU -> [-1, 1] through the fixed window (values outside are clipped)."""
+def hu_to_model(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU,
+                margin: float = 0.0) -> np.ndarray:
+    """HU -> [-1, 1] through the fixed window. Values outside it are clipped to its edges (air and bone, as in
+    training: the seed's clipping), except those within ``margin`` x width of an edge, which are kept (noise
+    around a tissue near an edge, which clipping would bias; see ``inpaint.KNOWN_MARGIN``)."""
     lo, hi = window_bounds(level, width)
-    return (np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+    m = margin * width
+    hu = np.asarray(hu, dtype=np.float32)
+    near = (hu >= lo - m) & (hu <= hi + m)
+    return (np.where(near, hu, np.clip(hu, lo, hi)) - lo) / (hi - lo) * 2.0 - 1.0
 
 
-def model_to_hu(x: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU) -> np.ndarray:
+def model_to_hu(x: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU,
+                margin: float = 0.0) -> np.ndarray:
     lo, hi = window_bounds(level, width)
-    return (np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+    m = 2.0 * margin
+    return (np.clip(np.asarray(x, dtype=np.float32), -1.0 - m, 1.0 + m) + 1.0) / 2.0 * (hi - lo) + lo
 
 
 def default_network() -> UNetConfig:

@@ -112,8 +112,11 @@ def run_inpaint(job, reporter) -> dict[str, str]:
 
     out_path = _output(job, "sequence")
     interval = _number(job, "interval", 1.0)
-    batch = _number(job, "batch_size", DEFAULT_BATCH, int, 1)
+    batch = None if _param(job, "batch_size") is None else _number(job, "batch_size", DEFAULT_BATCH, int, 1)
     seq = _read(job)
+    from meddiffcore.units import check_hu
+
+    check_hu(seq.array[0], "the perfusion sequence")
     device = resolve_device(job.device)
     model = load_for_inference(job.model or DEFAULT_MODEL, device)
     sampler, steps, spacing, estimate = sampling_settings(job, model)
@@ -130,8 +133,10 @@ def run_inpaint(job, reporter) -> dict[str, str]:
         generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
         frames, stats = inpaint_frames(seq.array, seq.times_s, plan, model, steps=steps, sampler=sampler, device=device,
                                        estimate=estimate, generator=generator, batch_size=batch, spacing=spacing,
-                                       progress=lambda step, total: reporter.progress("sampling", step, total))
-        reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches: "
+                                       progress=lambda step, total: reporter.progress("sampling", step, total),
+                                       log=reporter.warning)
+        reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches of up to {stats['batch_size']}"
+                     f"{' (chosen from free memory)' if stats['batch_chosen'] else ''}: "
                      f"{stats['network_evaluations']} network evaluations; bolus peak at {stats['peak_s']:g} s")
     out = Sequence(assemble(seq.array, plan, frames), seq.ijk_to_ras.copy(), plan.times_s.copy(),
                    {k: v for k, v in seq.metadata.items() if k in ("index_name",)})

@@ -77,7 +77,8 @@ class CTPTask:
                 "local_context": f"((t - t_left - 1) / {LOCAL_CONTEXT_SCALE_S:g}, (t_right - t - 1) / {LOCAL_CONTEXT_SCALE_S:g})",
                 "global_context": f"one-hot {list(PHASES)} relative to the bolus peak (argmax of the mean tissue "
                                   f"intensity of the known frames), peak = within {config.diffusion.peak_margin_s:g} s",
-                "tissue_mask": "voxels whose first known frame lies inside the window; elsewhere linear interpolation",
+                "tissue_mask": "voxels whose first known frame lies inside the window (at inference: within a quarter of "
+                               "its width of it); elsewhere linear interpolation",
                 "diffusion_variable": f"{config.diffusion.residual_scale:g} x (frame - linear interpolation of the known "
                                       "frames), in window units",
                 "training_data": to_dict(config.data),

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import BadInputError, ConfigError
+from ...errors import BadInputError, ConfigError, ModelError
 from ...io import VOLUME_WRITE_EXTENSIONS
 from ...io.atomic import numbered_paths
 from .cascade import load_stages
-from .data import from_unit_range, to_unit_range
+from .data import from_unit_range, intensity_mapping
 from .model import AUTHORS, from_signed_range, sample_stage, to_signed_range
 
 IMAGE_EXTENSIONS = (".png",)
@@ -125,7 +125,9 @@ def _check_model_range(card, model_range: tuple[float, float], array: np.ndarray
 
 
 def run_upscale(job, reporter) -> dict[str, str]:
-    """Job ``sr.upscale``: inputs ``image`` (volume or PNG); params stages (how many 2x stages, default all), steps."""
+    """Job ``sr.upscale``: inputs ``image`` (volume or PNG); params stages (how many 2x stages; default every
+    remaining stage up to the first the card calls below its baseline), steps. Intensities go through the card's
+    mapping (:func:`~.data.intensity_mapping`) and come back in the input's units."""
     from ...devices import resolve_device
     from ...io import Volume, write_volume
     from ...preview import Window, write_png
@@ -151,23 +153,46 @@ def run_upscale(job, reporter) -> dict[str, str]:
             f"super-resolves square slices of {', '.join(map(str, accepted)) or 'no size (it has no SR stage)'} pixels",
             "resample or crop the slices to one of those sizes first",
         )
-    count = int(job.params.get("stages") or len(sr_stages) - start)
-    if not 1 <= count <= len(sr_stages) - start:
-        raise ConfigError(f"stages must be between 1 and {len(sr_stages) - start} for {height}px input, got {count}",
-                          "leave it out to run every remaining stage")
+    remaining = sr_stages[start:]
+    below = card.below_baseline()
+    if job.params.get("stages"):
+        count = int(job.params["stages"])
+        if not 1 <= count <= len(remaining):
+            raise ConfigError(f"stages must be between 1 and {len(remaining)} for {height}px input, got {count}",
+                              "leave it out to run every remaining stage the card does not call under-trained")
+    else:  # by default, never a stage the card says loses to interpolation
+        count = next((i for i, (name, _, _) in enumerate(remaining) if name in below), len(remaining))
+        if count == 0:
+            name = remaining[0][0]
+            raise ModelError(f"the stage of model '{card.name}' that takes {height}px slices, {name}, is below its "
+                             f"classical baseline by its card: {below[name]}",
+                             f"upscale with plain interpolation instead, train the stage longer, or pass --stages 1 "
+                             f"to run it anyway")
+        if count < len(remaining):
+            skipped = remaining[count][0]
+            reporter.warning(f"running {count} of {len(remaining)} stages: the card says stage {skipped} is below its "
+                             f"classical baseline ({below[skipped]})", f"--stages {len(remaining)} runs it anyway")
     if is_png and out_path.lower().endswith(".png") and volume.shape[0] != 1:
         raise BadInputError("a PNG output holds one slice", "write a volume (.nii.gz, .nrrd)")
     window = tuple(card.task_config["intensity_window"])
     chosen_range = sr_stages[start][1].model_range
     _check_model_range(card, chosen_range, volume.array, job.inputs["image"])
-    if is_png:
+    per_volume = (card.task_config.get("intensity") or {}).get("normalize") == "percentile"
+    if is_png and not per_volume:  # 8-bit display values of the card's window
         volume = volume.with_array(from_unit_range(volume.array * 2 - 1, window))
+    mapping = intensity_mapping(card.task_config, volume.array)
     chosen = sr_stages[start:start + count]
+    for name, _, _ in chosen:
+        if name in below and job.params.get("stages"):
+            reporter.warning(f"stage {name} is below its classical baseline by the card: {below[name]}")
+    if "real_images" in below:
+        reporter.warning(f"model '{card.name}' on real images: {below['real_images']}")
     factor = 2**count
     generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
-    reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with {', '.join(n for n, _, _ in chosen)}")
-    low_all = from_signed_range(torch.from_numpy(to_unit_range(volume.array, window)).clamp(-1, 1)[:, None],
-                                chosen_range)
+    reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with "
+                 f"{', '.join(n for n, _, _ in chosen)}; intensities {mapping.input_low:g}..{mapping.input_high:g} "
+                 f"-> {mapping.model_low:g}..{mapping.model_high:g} of the model's window {window[0]:g}..{window[1]:g}")
+    low_all = from_signed_range(torch.from_numpy(mapping.to_model(volume.array)).clamp(-1, 1)[:, None], chosen_range)
     outputs = []
     for index in range(volume.shape[0]):
         image = low_all[index:index + 1]
@@ -175,9 +200,10 @@ def run_upscale(job, reporter) -> dict[str, str]:
             image = sample_stage(net, spec, 1, low=image, steps=steps, sampler=sampler, generator=generator)
         outputs.append(image[0, 0].cpu().numpy())
         reporter.progress("upscaling", index + 1, volume.shape[0])
-    array = from_unit_range(to_signed_range(np.stack(outputs), chosen[-1][1].model_range), window)
+    array = mapping.from_model(to_signed_range(np.stack(outputs), chosen[-1][1].model_range))
     if out_path.lower().endswith(".png"):
-        write_png(out_path, Window.from_range(*window).to_uint8(array[0]))
+        shown = (0.0, 1.0) if is_png and per_volume else (mapping.input_low, mapping.input_high)
+        write_png(out_path, Window.from_range(*shown).to_uint8(array[0]))
     else:
         write_volume(Volume(array, upscaled_ijk_to_ras(volume.ijk_to_ras, factor), {}), out_path)
     return {"volume": out_path}
