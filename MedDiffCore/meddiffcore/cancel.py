@@ -38,10 +38,22 @@ WATCH_INTERVAL_S = 0.2
 CANCEL_LINE = "cancel"
 
 
+#: Socket pairs whose write end is the signal wake-up fd; kept open for the life of the process.
+_WAKEUP_SOCKETS: list[tuple[socket.socket, socket.socket]] = []
+
+
 def _start(target: Callable[[], None], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True, name=name)
     thread.start()
     return thread
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so a command stopped either way ends
+    the same: its error event, status 130, no output (atomic writes remove their temporaries). Call first thing
+    in a command's main; jobs then switch to their cancel token (:func:`cancel_on_signals`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def cancel_on_signals(token: CancelToken) -> bool:
@@ -70,6 +82,7 @@ def cancel_on_signals(token: CancelToken) -> bool:
         while receiver.recv(1):
             token.cancel()
 
+    _WAKEUP_SOCKETS.append((receiver, sender))  # the C handler writes to sender's fd: it must never be collected
     _start(watch, "meddiff-signal-watch")
     return True
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import from_dict, to_dict
-from .devices import translate_out_of_memory
+from .devices import set_threads, translate_out_of_memory
 from .domain import warn_out_of_domain
 from .errors import CancelledError, ConfigError, DependencyError, ErrorCode, MedDiffError
 from .progress import Reporter
@@ -52,6 +52,8 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     seed: int | None = None
+    threads: int | None = None
+    """CPU threads for torch; None chooses them from the cores that are free now (see devices.set_threads)."""
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Job":
@@ -99,11 +101,49 @@ def runner_for(task: str) -> Callable[[Job, Reporter], dict[str, str]]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+def model_paths(job: Job) -> list[tuple[str, Path]]:
+    """The files of the job's models (``model``, ``params.hr_model``) that can be found, as labelled inputs."""
+    from .models import find_model
+
+    found = []
+    for label, ref in (("model", job.model), ("hr_model", job.params.get("hr_model"))):
+        if not isinstance(ref, str) or not ref:
+            continue
+        try:
+            files = find_model(ref)
+        except MedDiffError:
+            continue  # the runner reports a missing model with its own advice
+        found += [(f"{label} card", files.card_path), (f"{label} weights", files.weights_path)]
+    return found
+
+
+def check_job(job: Job) -> None:
+    """What every job is checked for before its runner starts: every value within its documented range
+    (:data:`meddiffcore.checks.VALUE_RANGES`), and no output onto an input or a model file."""
+    from .checks import check_outputs_not_inputs, check_value, check_values
+
+    for section, paths in (("inputs", job.inputs), ("outputs", job.outputs)):
+        for key, value in paths.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{section}.{key} must be a path (a string), got {value!r}",
+                                  f"give {section}.{key} as a file or folder path in quotes")
+    check_value("seed", job.seed)
+    check_values(job.params, {k: f"params.{k}" for k in job.params})
+    inputs = [(f"inputs.{k}", v) for k, v in job.inputs.items()] + model_paths(job)
+    check_outputs_not_inputs(inputs, [(f"outputs.{k}", v) for k, v in job.outputs.items()])
+
+
 def run_job(job: Job, reporter: Reporter) -> int:
     """Run a job, reporting every outcome as an event; return the process exit status."""
     try:
         runner = runner_for(job.task)
-        reporter.started(job.task, model=job.model, device=job.device)
+        check_job(job)
+        if job.threads is not None and (isinstance(job.threads, bool) or not isinstance(job.threads, int)
+                                        or job.threads < 1):
+            raise ConfigError(f"threads must be a whole number of at least 1, got {job.threads!r}",
+                              "leave it out to use the cores that are free, or give e.g. --threads 1")
+        threads = set_threads(job.threads)
+        reporter.started(job.task, model=job.model, device=job.device, threads=threads)
         warn_out_of_domain(job, reporter, runner)  # before minutes of work, for every task alike
         with translate_out_of_memory(f"job '{job.task}'"):
             outputs = runner(job, reporter)

@@ -31,7 +31,7 @@ if str(_LIBRARY_FOLDER) not in sys.path:
 from MedDiffSlicerLib import ctca
 from MedDiffSlicerLib.dependencies import self_test_skip_reason
 from MedDiffSlicerLib.errors import Failure, LaunchError
-from MedDiffSlicerLib.models import card_summary, label_table, list_models
+from MedDiffSlicerLib.models import card_summary, label_names, label_table, list_models
 from MedDiffSlicerLib.panel import ParameterNodePanel, current_text, fill_model_combo, showing_errors
 from MedDiffSlicerLib.preflight import ReportCache, preflight
 
@@ -137,8 +137,8 @@ class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         self.ui.mappingTable.setVisible(isSegmentation)
         self.ui.mappingLabel.setVisible(isSegmentation)
         self._segmentNames = ctca.segment_names(node) if isSegmentation else []
-        table = label_table(self.logic.card(modelName) or {})
-        mapping = ctca.default_segment_mapping(self._segmentNames, table)
+        card = self.logic.card(modelName) or {}
+        mapping = ctca.default_segment_mapping(self._segmentNames, label_table(card), label_names(card))
         self.ui.mappingTable.setRowCount(len(self._segmentNames))
         for row, name in enumerate(self._segmentNames):
             segmentItem = qt.QTableWidgetItem(name)

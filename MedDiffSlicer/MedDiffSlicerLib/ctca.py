@@ -52,13 +52,18 @@ class SynthesisOptions:
 
 
 def normalised_name(name: str) -> str:
-    """``"Left Ventricle"`` -> ``"left_ventricle"``: how segment names are compared with label names."""
+    """``"Left Ventricle"`` -> ``"left_ventricle"``: how segment names are compared with label names
+    (the same rule as the engine's ``meddiffcore.tasks.ctca.labels.normalised_name``)."""
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
-def default_segment_mapping(segment_names: Sequence[str], label_table: dict[str, str]) -> dict[str, str]:
-    """Segment name -> label name of the model's table where the names match, else ``""`` (for the user to choose)."""
-    names = {normalised_name(n): n for n in label_table.values()}
+def default_segment_mapping(segment_names: Sequence[str], label_table: dict[str, str],
+                            name_table: dict[str, str] | None = None) -> dict[str, str]:
+    """Segment name -> label name of the model's table where the name (or a synonym of the card's ``name_table``,
+    see ``models.label_names``) matches, else ``""`` (for the user to choose)."""
+    labels = set(label_table.values())
+    names = {normalised_name(n): n for n in labels}
+    names.update({k: v for k, v in (name_table or {}).items() if v in labels})
     return {segment: names.get(normalised_name(segment), "") for segment in segment_names}
 
 

@@ -63,6 +63,12 @@ def label_table(card: dict) -> dict[str, str]:
     return dict((card.get("task_config") or {}).get("labels") or {})
 
 
+def label_names(card: dict) -> dict[str, str]:
+    """The card's name table: normalised segment name or synonym -> label name (the engine's
+    ``meddiffcore.tasks.ctca.labels.label_names``); older cards without one give their label names only."""
+    return dict((card.get("task_config") or {}).get("label_names") or {})
+
+
 def card_summary(card: dict) -> str:
     """A few lines for the module panel: task, grid, training data and measured metrics."""
     tc = card.get("task_config") or {}

@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "published"
-WDM, TPDM = DATA / "wdm", DATA / "tpdm"
+WDM, TPDM, CTP, MRNET = DATA / "wdm", DATA / "tpdm", DATA / "ctp", DATA / "mrnet"
 
 #: --set options that describe the tiny fixture checkpoints (all else is the released configuration).
 WDM_TINY = {"base_channels": 8, "channel_mult": [1, 2, 2], "norm_groups": 4}
 TPDM_TINY = {"base_channels": 8, "num_res_blocks": 1}
+#: The tiny CTP container (the authors' create_model with model_channels 32, num_res_blocks 1, channel_mult (1,),
+#: input_size 64).
+CTP_TINY = {"base_channels": 32, "channel_mult": [1], "num_res_blocks": 1, "design_size": 64, "attention_sizes": [8]}
 
 
 def as_set_options(fields: dict) -> list[str]:
@@ -69,3 +72,57 @@ def save_tiny_cwdm_checkpoint(path: Path) -> dict:
             p.copy_(0.2 * torch.randn(p.shape, generator=gen))
     torch.save({reference_key(k): v for k, v in net.state_dict().items()}, path)
     return fields
+
+
+#: --set options of the small MRNet stages the import tests write (the released widths are 64..512).
+MRNET_SMALL = {"widths": [8, 16, 32, 64]}
+
+
+def mrnet_det_weights(net) -> None:
+    """Fill an MRNetUNet with the fixtures' rule: det_tensor on the authors' bare UNet names (seed 0) for the
+    parameters, BatchNorm running_mean = det_tensor and running_var = |det_tensor| + 0.5."""
+    from meddiffcore.nets.mrnet import reference_key
+
+    params = {k for k, _ in net.named_parameters()}
+    state = {}
+    for key, value in net.state_dict().items():
+        ref = reference_key(key)
+        if key in params or key.endswith("running_mean"):
+            state[key] = det_tensor(ref, value.shape)
+        elif key.endswith("running_var"):
+            state[key] = det_tensor(ref, value.shape).abs() + 0.5
+        else:
+            state[key] = value
+    net.load_state_dict(state)
+
+
+def save_mrnet_checkpoint(path: Path, net, steps: int, epoch: int = 7) -> None:
+    """``net`` saved as the authors' pipeline saves a stage: ``{'epoch', 'model_state_dict'}`` of the DDPM
+    wrapper (UNet under ``model.`` with the Swin's integer position index, the five schedule tables)."""
+    from meddiffcore.nets.mrnet import reference_key
+
+    betas = torch.linspace(0.00085, 0.012, steps)
+    ab = torch.cumprod(1 - betas, dim=0)
+    state = {"betas": betas, "alphas": 1 - betas, "alphas_cumprod": ab, "sqrt_alphas_cumprod": ab.sqrt(),
+             "sqrt_one_minus_alphas_cumprod": (1 - ab).sqrt()}
+    state.update({"model." + reference_key(k): v for k, v in net.state_dict().items()})
+    if net.config.swin:
+        state["model.swin_block.attn.relative_position_index"] = net.swin_block.attn.bias_index.clone()
+    torch.save({"epoch": epoch, "model_state_dict": state}, path)
+
+
+def save_small_mrnet_release(folder: Path, swin: bool = True, steps=(2000, 1000, 2000)) -> list[Path]:
+    """Small stand-ins (widths MRNET_SMALL) for the three released MRNet stage files, under their released names,
+    in the authors' container layout; T per file as given (the released SR 128->256 notebook trains with 2000)."""
+    from meddiffcore.checkpoints.mrnet import RELEASES, stage_network
+    from meddiffcore.nets.mrnet import MRNetUNet, MRNetUNetConfig
+
+    release = RELEASES["swin" if swin else "noswin"]
+    torch.manual_seed(0)
+    paths = []
+    for (stage, size), file_name, n in zip(release.stages, release.files, steps):
+        config = MRNetUNetConfig.from_dict({**stage_network(stage, size, swin).to_dict(), **MRNET_SMALL})
+        path = Path(folder) / file_name
+        save_mrnet_checkpoint(path, MRNetUNet(config), n)
+        paths.append(path)
+    return paths

@@ -12,10 +12,12 @@ import torch
 from meddiffcore.cli import main as cli_main
 from meddiffcore.errors import EXIT_STATUS, ErrorCode
 from meddiffcore.models import find_model, list_models, sha256_file, verify_model
-from published_helpers import TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options
+from published_helpers import (CTP, CTP_TINY, MRNET_SMALL, TPDM, TPDM_TINY, WDM, WDM_TINY, as_set_options,
+                               save_small_mrnet_release)
 
 WDM_FILE = WDM / "wdm_tiny_brats_1200000.pt"
 TPDM_FILE = TPDM / "tpdm_tiny_checkpoint.pth"
+CTP_FILE = CTP / "ctp_tiny_model-tiny.pt"
 
 
 def _import(*args: str) -> int:
@@ -59,10 +61,11 @@ class _NotATensor:
     pass
 
 
-def test_a_file_that_would_run_code_is_refused(meddiff_home, tmp_path, capsys):
+@pytest.mark.parametrize("fmt, count", [("wdm", 1), ("ctp", 1), ("mrnet", 3)])
+def test_a_file_that_would_run_code_is_refused(meddiff_home, tmp_path, capsys, fmt, count):
     unsafe = tmp_path / "brats_unet_128_1200k.pt"
     torch.save({"time_embed.0.weight": torch.zeros(2), "payload": _NotATensor()}, unsafe)
-    assert _import("--format", "wdm", str(unsafe)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert _import("--format", fmt, *[str(unsafe)] * count) == EXIT_STATUS[ErrorCode.MODEL]
     err = capsys.readouterr().err
     assert "not a plain tensor file" in err and "weights_only=True" in err
     assert _nothing_written(meddiff_home)
@@ -116,3 +119,80 @@ def test_names_existing_models_and_missing_files(meddiff_home, tmp_path, capsys)
     assert _import("--format", "wdm", str(tmp_path / "nothing.pt")) == EXIT_STATUS[ErrorCode.BAD_INPUT]
     assert _import("--format", "cwdm", str(WDM_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]  # which contrast?
     assert "--variant" in capsys.readouterr().err
+
+
+def test_ctp_checkpoint_becomes_a_ctp_model_with_its_ema_schedule_and_the_authors_conventions(meddiff_home, capsys):
+    assert _import("--format", "ctp", str(CTP_FILE), *as_set_options(CTP_TINY)) == 0
+    assert "imported ctp-bae2024" in capsys.readouterr().out  # the one release
+    card = verify_model(find_model("ctp-bae2024"))
+    assert card.task == "ctp" and card.network["architecture"] == "ctp_bae2024"
+    assert card.training["source_sha256"] == [sha256_file(CTP_FILE)] and card.training["step"] == 599999
+    assert "EMA" in card.training["weights"] and "MICCAI 2024" in card.training["paper"]
+    schedule = card.diffusion["schedule"]
+    assert (schedule["num_timesteps"], schedule["beta_start"], schedule["beta_end"]) == pytest.approx((1500, 1e-6, 1e-2))
+    assert (card.diffusion["target"], card.diffusion["prediction"], card.diffusion["clip_x0"]) == ("frame", "eps", True)
+    assert card.task_config["authors_sampler"]["steps"] == 1500 and card.task_config["slab_slices"] == 8
+    assert (card.task_config["window_level_hu"], card.task_config["window_width_hu"]) == (40.0, 80.0)
+    assert card.task_config["conventions"]["channels"].startswith("network input [left acquired frame, noisy")
+
+
+def test_ctp_files_without_ema_of_another_size_or_schedule_are_refused(meddiff_home, tmp_path, capsys):
+    assert _import("--format", "ctp", str(CTP_FILE)) == EXIT_STATUS[ErrorCode.MODEL]  # released config expected
+    err = capsys.readouterr().err
+    assert "does not fit this CTP UNet" in err and "global_context_embed_matrix has shape [3, 128], this CTP UNet " \
+        "needs [3, 256]" in err and "--set" in err
+    container = torch.load(CTP_FILE, weights_only=True)
+    no_ema = tmp_path / "model-29.pt"
+    torch.save({"step": 1, "model": container["model"]}, no_ema)
+    assert _import("--format", "ctp", str(no_ema), *as_set_options(CTP_TINY)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "has no 'ema'" in capsys.readouterr().err
+    container["ema"]["module.betas"] = torch.linspace(1e-4, 2e-2, 1500) ** 2
+    bent = tmp_path / "bent.pt"
+    torch.save(container, bent)
+    assert _import("--format", "ctp", str(bent), *as_set_options(CTP_TINY)) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "beta table is not linear" in capsys.readouterr().err
+    assert _import("--format", "ctp", str(CTP_FILE), str(CTP_FILE)) == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert _nothing_written(meddiff_home)
+
+
+def test_mrnet_stage_files_become_one_sr_cascade_with_t_read_from_each_file(meddiff_home, tmp_path, capsys):
+    files = save_small_mrnet_release(tmp_path)
+    assert _import("--format", "mrnet", *map(str, files), *as_set_options(MRNET_SMALL)) == 0
+    assert "imported sr-mrnet " in capsys.readouterr().out  # the Swin cascade, told from the file count
+    card = verify_model(find_model("sr-mrnet"))
+    assert card.task == "sr" and card.task_config["bundled"] and list(card.task_config["stages"]) == \
+        ["base", "sr128", "sr256"]
+    stages = card.task_config["stages"]
+    assert [stages[s]["diffusion"]["num_timesteps"] for s in stages] == [2000, 1000, 2000]  # from the files
+    assert [stages[s]["authors_sampler"]["steps"] for s in stages] == [2000, 1000, 2000]
+    assert [stages[s]["low_size"] for s in stages] == [0, 64, 128]
+    base = stages["base"]["network"]
+    assert base["architecture"] == "mrnet_unet" and base["self_attention"] and base["swin_token_layout"] == "authors"
+    assert not stages["sr128"]["network"]["attention_gates"] and stages["sr256"]["network"]["in_channels"] == 2
+    assert card.task_config["model_range"] == [0.0, 1.0] and "no clipping" in card.task_config["conventions"]["data_range"]
+    assert card.training["source_sha256"] == [sha256_file(p) for p in files] and card.training["stages"]["base"]["epoch"] == 7
+    assert "no EMA" in card.training["weights"]
+
+
+def test_mrnet_files_of_another_release_order_or_schedule_are_refused(meddiff_home, tmp_path, capsys):
+    files = save_small_mrnet_release(tmp_path)
+    small = as_set_options(MRNET_SMALL)
+    assert _import("--format", "mrnet", *map(str, files)) == EXIT_STATUS[ErrorCode.MODEL]  # released widths expected
+    assert "encoder1.0.weight has shape [8, 129, 3, 3], this MRNet base UNet (64^2, Swin) needs [64, 129, 3, 3]" \
+        in capsys.readouterr().err
+    (tmp_path / "noswin").mkdir()
+    noswin = save_small_mrnet_release(tmp_path / "noswin", swin=False)
+    assert _import("--format", "mrnet", "--variant", "swin", *map(str, noswin), *small) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "missing swin_block.norm1.weight" in capsys.readouterr().err
+    assert _import("--format", "mrnet", str(files[1]), str(files[0]), str(files[2]), *small) == \
+        EXIT_STATUS[ErrorCode.MODEL]  # stages out of order
+    assert "this MRNet base UNet" in capsys.readouterr().err
+    container = torch.load(files[0], weights_only=True)
+    container["model_state_dict"]["betas"] = torch.linspace(1e-4, 0.02, 2000)
+    other = tmp_path / "other_base.pth"
+    torch.save(container, other)
+    assert _import("--format", "mrnet", str(other), str(files[1]), str(files[2]), *small) == EXIT_STATUS[ErrorCode.MODEL]
+    assert "not the authors' linear 0.00085 .. 0.012" in capsys.readouterr().err
+    assert _import("--format", "mrnet", "--variant", "swin", str(files[0]), *small) == EXIT_STATUS[ErrorCode.BAD_CONFIG]
+    assert "give, in this order: swinddpm64RAW_checkpoint.pth" in capsys.readouterr().err
+    assert _nothing_written(meddiff_home)

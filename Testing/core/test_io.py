@@ -319,9 +319,11 @@ def test_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(v.spacing, (0.7, 0.9, 2.5), atol=1e-4)
     np.testing.assert_allclose(v.direction, np.diag([-1, -1, 1]), atol=1e-6)  # LPS axes seen in RAS
     np.testing.assert_allclose(v.origin, (10.0, -20.0, 30.0), atol=1e-4)
-    # one file of the series reads the whole series
+    # one file of the series is that one slice, not the series
     w = read_volume(tmp_path / "ct" / "slice002.dcm")
-    assert w.shape == arr.shape
+    assert w.shape == (1,) + arr.shape[1:] and w.metadata["dicom_single_file"]
+    np.testing.assert_array_equal(w.array[0], arr[2])
+    np.testing.assert_allclose(w.origin, v.origin + v.direction @ [0, 0, 2 * 2.5], atol=1e-4)
     # two series in one folder: must choose
     _write_dicom_series(tmp_path / "ct", arr[:3], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), uid_suffix="2")
     with pytest.raises(BadInputError, match="2 DICOM series"):

@@ -1,5 +1,6 @@
-"""Imported published models run through the one diffusion core: WDM/cWDM `meddiff generate` and TPDM
-`meddiff recon`, with the authors' data conventions in and out and the fast samplers (few network calls)."""
+"""Imported published models run through the one diffusion core: WDM/cWDM `meddiff generate`, TPDM
+`meddiff recon`, the CTP authors' model `meddiff inpaint`, with the authors' data conventions in and out
+and the fast samplers (few network calls)."""
 
 from __future__ import annotations
 
@@ -141,3 +142,133 @@ def test_authors_tpdm_sampler_carries_the_predictor_mean_on_the_authors_grid():
     expected = x0 * (1 - (smax**2 - smin**2) / (1 + smax**2)) * (1 - smin**2 / (1 + s_end**2))
     torch.testing.assert_close(result.x, expected, rtol=1e-4, atol=1e-6)
     assert result.nfe == 4  # two passes per step
+
+
+# -- the CTP authors' inpainting model -----------------------------------------------------------------------------
+
+def _ctp_authors_model() -> str:
+    from published_helpers import CTP, CTP_TINY
+
+    import_checkpoint("ctp", [CTP / "ctp_tiny_model-tiny.pt"], network=CTP_TINY)
+    return "ctp-bae2024"
+
+
+def _sparse_ctp(tmp_path: Path, every: int = 2):
+    from meddiffcore.io import Sequence, write_sequence
+    from meddiffcore.tasks.ctp.phantom import make_ctp_phantom
+
+    phantom = make_ctp_phantom(5, slices=8, size=48, frames=9, noise_hu=1.0)
+    seq = phantom.sequence
+    sparse = Sequence(seq.array[::every].astype(np.float32), seq.ijk_to_ras, seq.times_s[::every])
+    write_sequence(sparse, tmp_path / "sparse.seq.nrrd")
+    return sparse
+
+
+def test_imported_ctp_model_fills_frames_with_the_authors_window_mask_and_sampler(home, tmp_path):
+    from meddiffcore.io import read_sequence
+    from meddiffcore.tasks.ctp import authors
+    from meddiffcore.tasks.ctp.inpaint import linear_fill
+    from meddiffcore.tasks.ctp.plan import make_plan
+
+    torch.set_num_threads(1)
+    model = _ctp_authors_model()
+    sparse = _sparse_ctp(tmp_path)
+    outs = {}
+    for name, extra in (("fast", ["--estimate", "sample", "--steps", "2"]),
+                        ("authors", ["--sampler", "authors", "--steps", "2"]), ("mean", ["--estimate", "mean"])):
+        outs[name] = tmp_path / f"{name}.seq.nrrd"
+        assert main(["inpaint", "--model", model, "--sequence", str(tmp_path / "sparse.seq.nrrd"), "--out",
+                     str(outs[name]), *extra, *FAST]) == 0
+    mask = authors.tissue_mask(sparse.array, 40.0, 80.0)
+    assert 0.2 < mask.mean() < 0.9  # the head, without the air around it
+    plan = make_plan(sparse.times_s)
+    linear = linear_fill(sparse.array, plan)
+    for path in outs.values():
+        filled = read_sequence(path)
+        assert len(filled) == 9 and np.array_equal(filled.times_s, np.arange(9.0) + sparse.times_s[0])
+        for k in range(5):  # acquired frames copied bit-exactly
+            assert np.array_equal(filled.array[2 * k], sparse.array[k])
+        synthesized = filled.array[1::2]
+        np.testing.assert_array_equal(synthesized[:, ~mask], linear[:, ~mask])  # outside the authors' mask
+        inside = synthesized[:, mask & (sparse.array.min(0) >= 0) & (sparse.array.max(0) <= 80)]
+        assert inside.min() >= 0.0 and inside.max() <= 80.0  # the network's frame, in the [0, 80] window
+        assert np.abs(synthesized[:, mask] - linear[:, mask]).mean() > 1.0  # ... and not the interpolation
+    assert not np.array_equal(read_sequence(outs["fast"]).array, read_sequence(outs["authors"]).array)
+
+
+def test_authors_sampler_of_an_imported_ctp_model_is_1500_ancestral_steps_and_a_sample(home):
+    from meddiffcore.jobs import Job
+    from meddiffcore.tasks.ctp.model import load_for_inference
+    from meddiffcore.tasks.ctp.run import sampling_settings
+
+    model = load_for_inference(_ctp_authors_model(), torch.device("cpu"))
+    assert sampling_settings(Job(task="ctp.inpaint", params={"sampler": "authors"}), model) == \
+        ("ancestral", 1500, "uniform", "sample")
+    assert sampling_settings(Job(task="ctp.inpaint", params={}), model) == ("dpmpp_2m", 50, None, "sample")
+    assert sampling_settings(Job(task="ctp.inpaint", params={"estimate": "mean"}), model)[3] == "mean"
+
+
+def test_imported_ctp_model_refuses_frames_its_network_cannot_take(home, tmp_path, capsys):
+    from meddiffcore.nets.ctp_unet import CTPUNet, released_config
+    from meddiffcore.tasks.ctp.model import in_plane_padding
+
+    with torch.device("meta"):
+        net = CTPUNet(released_config())
+    assert in_plane_padding(net, 8, 64, 64) == (128, 0)  # rows padded up to the 192 it was trained on
+    assert in_plane_padding(net, 8, 192, 200) == (0, 24)
+    with pytest.raises(Exception, match="cannot take a 8x512x512 slab"):
+        in_plane_padding(net, 8, 512, 512)
+
+
+# -- the MRNet knee-MRI cascade ------------------------------------------------------------------------------------
+
+def _mrnet_cascade(tmp_path: Path) -> str:
+    from published_helpers import MRNET_SMALL, save_small_mrnet_release
+
+    import_checkpoint("mrnet", save_small_mrnet_release(tmp_path, steps=(2000, 1000, 1000)), network=MRNET_SMALL)
+    return "sr-mrnet"
+
+
+def test_imported_mrnet_cascade_generates_native_256_slices_in_0_1_with_both_samplers(home, tmp_path):
+    torch.set_num_threads(1)
+    model = _mrnet_cascade(tmp_path)
+    fast, authors = tmp_path / "fast.nii.gz", tmp_path / "authors.nii.gz"
+    assert main(["generate", "--model", model, "--out", str(fast), "--steps", "2", *FAST]) == 0
+    assert main(["generate", "--model", model, "--out", str(authors), "--sampler", "authors", "--steps", "2",
+                 *FAST]) == 0
+    a, b = read_volume(fast), read_volume(authors)
+    assert a.shape == b.shape == (1, 256, 256)
+    np.testing.assert_allclose(a.spacing[:2], (1.0, 1.0))  # nominal 1 mm at 256^2
+    for volume in (a, b):
+        assert 0.0 <= volume.array.min() and volume.array.max() <= 1.0 and volume.array.std() > 0
+    assert not np.allclose(a.array, b.array)
+
+
+def test_imported_mrnet_cascade_upscales_a_64_png_and_refuses_other_sizes_and_ranges(home, tmp_path, capsys):
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    model = _mrnet_cascade(tmp_path)
+    png = tmp_path / "knee64.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "knee256.png"
+    assert main(["upscale", "--model", model, "--input", str(png), "--out", str(out), "--steps", "2", *FAST]) == 0
+    with Image.open(out) as image:
+        assert image.size == (256, 256)
+    mid = tmp_path / "knee128.nii.gz"
+    write_volume(Volume.from_spacing(np.random.default_rng(1).random((2, 128, 128), dtype=np.float32),
+                                     spacing_mm=(1.0, 1.0, 3.0)), tmp_path / "k128.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "k128.nii.gz"), "--out", str(mid),
+                 "--steps", "2", *FAST]) == 0
+    result = read_volume(mid)
+    assert result.shape == (2, 256, 256) and 0.0 <= result.array.min() and result.array.max() <= 1.0
+    capsys.readouterr()
+    write_volume(Volume.from_spacing(np.zeros((1, 100, 100), np.float32)), tmp_path / "k100.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "k100.nii.gz"), "--out",
+                 str(tmp_path / "x.nii.gz"), *FAST]) == EXIT_STATUS[ErrorCode.BAD_INPUT]
+    assert "super-resolves square slices of 64, 128 pixels" in capsys.readouterr().err
+    write_volume(Volume.from_spacing(np.full((1, 64, 64), 300.0, np.float32)), tmp_path / "mri.nii.gz")
+    assert main(["upscale", "--model", model, "--input", str(tmp_path / "mri.nii.gz"), "--out",
+                 str(tmp_path / "y.nii.gz"), *FAST]) == EXIT_STATUS[ErrorCode.BAD_INPUT]
+    assert "takes slices in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "y.nii.gz").exists()

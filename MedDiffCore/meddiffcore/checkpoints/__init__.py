@@ -1,12 +1,13 @@
 """Import the authors' published checkpoints as normal MedDiff models (safetensors + JSON card).
 
-``meddiff models import-checkpoint --format wdm|cwdm|tpdm`` reads the released files
+``meddiff models import-checkpoint --format wdm|cwdm|tpdm|ctp|mrnet`` reads the released files
 with ``torch.load(weights_only=True)`` (nothing that would run code is accepted),
 checks every key and shape against the configured network, renames the tensors to
 MedDiff's networks and writes one model whose card records the source files'
 sha256, the paper, the data conventions and the authors' sampler. A TPDM pair
 (primary + auxiliary checkpoint) becomes one ``recon`` model; WDM and cWDM become
-``wdm`` models.
+``wdm`` models; the CTP inpainting checkpoint a ``ctp`` model; the three MRNet
+stages (64^2 generator, 64->128 and 128->256 super-resolution) one ``sr`` cascade.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..models import ModelFiles
 
 #: --format -> module with ``RELEASES`` and ``import_files``.
 FORMATS = {"wdm": "meddiffcore.checkpoints.wdm", "cwdm": "meddiffcore.checkpoints.wdm",
-           "tpdm": "meddiffcore.checkpoints.tpdm"}
+           "tpdm": "meddiffcore.checkpoints.tpdm", "ctp": "meddiffcore.checkpoints.ctp",
+           "mrnet": "meddiffcore.checkpoints.mrnet"}
 
 
 def variants(fmt: str) -> list[str]:
@@ -38,6 +40,13 @@ def _module(fmt: str):
 
 def _guess_variant(fmt: str, paths: list[Path]) -> str:
     known = variants(fmt)
+    module = _module(fmt)
+    if hasattr(module, "guess_variant"):
+        guess = module.guess_variant(paths)
+        if guess is not None:
+            return guess
+    if len(known) == 1:
+        return known[0]
     text = " ".join(str(p).lower() for p in paths)
     hits = [v for v in known if v in text]
     if len(hits) == 1:
@@ -51,8 +60,9 @@ def import_checkpoint(fmt: str, paths: list[str | Path], *, variant: str | None 
     """Read the checkpoint file(s) of a released model and write it as a MedDiff model.
 
     Args:
-        fmt: ``"wdm"``, ``"cwdm"`` or ``"tpdm"``.
-        paths: the file (WDM, cWDM) or the primary then the auxiliary checkpoint (TPDM).
+        fmt: ``"wdm"``, ``"cwdm"``, ``"tpdm"``, ``"ctp"`` or ``"mrnet"``.
+        paths: the file (WDM, cWDM, CTP), the primary then the auxiliary checkpoint (TPDM), or the base,
+            64->128 and 128->256 checkpoints of an MRNet cascade (one file for the single-stage 256^2 model).
         variant: which release (``brats``/``lidc``; the cWDM target contrast; ``aapm``/``bmr``); guessed
             from the file names when they say it.
         name: the model's name (default: the release's, e.g. ``wdm-brats``).

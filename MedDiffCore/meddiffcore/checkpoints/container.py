@@ -61,8 +61,10 @@ def check_tensors(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, A
     """
     if not any(key in found for key in expected):
         keys = ", ".join(map(repr, list(found)[:6])) + (", ..." if len(found) > 6 else "")
+        from . import FORMATS
+
         raise ModelError(f"'{path}' holds none of the tensors of {what} (its keys: {keys})",
-                         "is this the right file for the --format given (wdm, cwdm, tpdm)?")
+                         f"is this the right file for the --format given ({', '.join(FORMATS)})?")
     problems: list[str] = []
     for key, shape in expected.items():
         value = found.get(key)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-import signal
 import sys
-import threading
 
 from .. import __version__
-from ..errors import ErrorCode
+from ..cancel import interrupt_on_sigterm
+from ..errors import ErrorCode, MedDiffError
 
 #: Exit status of an interrupted command (Ctrl-C or SIGTERM).
 CANCELLED_STATUS = ErrorCode.CANCELLED.exit_status
@@ -51,22 +50,90 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         if hasattr(module, "register"):
             module.register(subparsers, groups)
+    _show_ranges(parser)
     return parser
 
 
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _all_parsers(sub)
+
+
+def _show_ranges(parser: argparse.ArgumentParser) -> None:
+    """Every option with a documented range (meddiffcore.checks.VALUE_RANGES) shows it in its --help."""
+    from ..checks import range_help
+
+    for sub in _all_parsers(parser):
+        for action in sub._actions:
+            if action.option_strings and action.help is not argparse.SUPPRESS and range_help(action.dest):
+                action.help = (action.help or "") + range_help(action.dest)
+
+
+def _labels(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Option dest -> how a user spells it (``--out-dir``; a positional argument by its name)."""
+    labels: dict[str, str] = {}
+    for sub in _all_parsers(parser):
+        for action in sub._actions:
+            longest = max(action.option_strings, key=len) if action.option_strings else action.metavar or action.dest
+            labels.setdefault(action.dest, str(longest))
+    return labels
+
+
+def _paths(value) -> list[str]:
+    """The path(s) an option value names (``NAME=PATH`` items give PATH)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [v.partition("=")[2] if "=" in v else v for v in items if isinstance(v, str) and v]
+
+
+def check_command(args: argparse.Namespace, labels: dict[str, str]) -> None:
+    """Before any command runs: every number within its documented range, and no output onto an input
+    (same path or same file through a link). ConfigError otherwise; :func:`meddiffcore.jobs.check_job` does the
+    same for job files."""
+    from pathlib import Path
+
+    from ..checks import check_outputs_not_inputs, check_values
+    from .common import OUTPUT_OPTIONS
+
+    values = {k: v for k, v in vars(args).items() if k != "handler"}
+    check_values(values, labels, skip_text=True)
+    outputs = [(labels.get(k, k), p) for k in OUTPUT_OPTIONS for p in _paths(values.get(k))]
+    inputs = [(labels.get(k, k), p) for k, v in values.items() if k not in OUTPUT_OPTIONS
+              for p in _paths(v) if Path(p).expanduser().exists()]
+    check_outputs_not_inputs(inputs, outputs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help(sys.stderr)
-        return 2
-    # SIGTERM stops any command like Ctrl-C does (job commands cancel through their own token, see jobs.run_cancellable)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM stops any command like Ctrl-C does, from the first line on (job commands then cancel through their
+    # own token, see jobs.run_cancellable): exit 130, the error event in JSON mode, no output
+    interrupt_on_sigterm()
+    args = argparse.Namespace()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help(sys.stderr)
+            return 2
+        try:
+            check_command(args, _labels(parser))
+        except MedDiffError as error:
+            from .common import reporter_for
+
+            reporter_for(getattr(args, "progress", "bar")).error(error)
+            return error.exit_status
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
-        print("meddiff: interrupted; nothing more was written", file=sys.stderr)
+        from ..jobs import cancelled_error
+        from .common import reporter_for
+
+        error = cancelled_error()
+
+        argv_list = sys.argv[1:] if argv is None else list(argv)
+        asked_json = any(a == "--progress=json" or (a == "--progress" and argv_list[i + 1:i + 2] == ["json"])
+                         for i, a in enumerate(argv_list))
+        reporter_for(getattr(args, "progress", "json" if asked_json else "bar")).error(error)
         return CANCELLED_STATUS
 
 

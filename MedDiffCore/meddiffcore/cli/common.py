@@ -11,15 +11,31 @@ from ..jobs import Job, run_cancellable
 from ..progress import JsonLinesReporter, Reporter, TerminalReporter
 
 
-def add_job_options(parser: argparse.ArgumentParser, *, seed: bool = True, model: bool = True) -> None:
-    """--device, --progress, and optionally --seed and --model."""
+#: Shown in --help where the model card decides a default (its steps, sampler, guidance...).
+CARD_DEFAULT = "default: the model card's"
+
+#: Destinations of the options that name a file or folder a command WRITES; every other path-valued option is
+#: an input, and no output may be one of them (checked for every command before it runs, see cli.main).
+OUTPUT_OPTIONS = ("out", "out_dir", "baseline_out", "preview", "json", "image", "truth_dir", "save_job")
+
+
+def add_job_options(parser: argparse.ArgumentParser, *, seed: bool = True, model: bool | str = True) -> None:
+    """--device, --progress, and optionally --seed and --model (``model="required"``: the command needs one;
+    a string other than that names the default model shown in the help)."""
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: the cores free now, from the load average and CPU affinity)")
     parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                         help="bar: a terminal progress bar; json: the engine's JSON-lines events on stdout")
     if seed:
         parser.add_argument("--seed", type=int, default=None, help="random seed, for a reproducible result")
     if model:
-        parser.add_argument("--model", default=None, help="model name (see `meddiff models list`) or path to a .safetensors/.json pair")
+        what = "model name (see `meddiff models list`) or path to a .safetensors/.json pair"
+        if model == "required":
+            parser.add_argument("--model", required=True, help=what)
+        else:
+            parser.add_argument("--model", default=None,
+                                help=what + (f" (default: {model})" if isinstance(model, str) else ""))
     parser.add_argument("--save-job", metavar="JOB.json", default=None,
                         help="write the job file instead of running it (run later with `meddiff run` or the engine worker)")
 
@@ -37,6 +53,8 @@ def execute(job: Job, args: argparse.Namespace) -> int:
 
     SIGINT and SIGTERM cancel it: one CANCELLED error (an event with ``--progress json``), status 130, no output.
     """
+    if getattr(args, "threads", None) is not None:
+        job.threads = args.threads
     if getattr(args, "save_job", None):
         Path(args.save_job).write_text(job.to_json(), encoding="utf-8")
         print(f"wrote job {args.save_job}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_job_options, execute
+from .common import CARD_DEFAULT, add_job_options, execute
 
 
 def register(subparsers, groups) -> None:
@@ -14,14 +14,18 @@ def register(subparsers, groups) -> None:
         description="Synthesise a cardiac CT whose anatomy follows the label map voxel for voxel "
                     "(labels 0 background, 1 myocardium, 2 LA, 3 LV, 4 RA, 5 RV, 6 aorta, 7 pulmonary artery, 8 coronaries). "
                     "The output is int16 HU on exactly the label map's grid.")
-    p.add_argument("--labels", required=True, help="label map file, or a folder of them (batch)")
+    p.add_argument("--labels", required=True,
+                   help="label map file (.seg.nrrd segments are matched by name), a folder holding one DICOM series "
+                        "(one volume), or a folder of label files (batch)")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="the DICOM series to read when the --labels folder holds several")
     p.add_argument("--out", required=True, help="output CT file (.nii.gz, .nrrd, .mha), or a folder for a batch")
     p.add_argument("--label-mapping", default=None, metavar="FILE", help="JSON/CSV mapping your label values to ours")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model card's, 25)")
-    p.add_argument("--sampler", default=None, help="dpmpp_2m (default), ddim, euler, heun, ancestral")
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps ({CARD_DEFAULT})")
+    p.add_argument("--sampler", default=None, help=f"ancestral, ddim, dpmpp_2m, euler, heun ({CARD_DEFAULT})")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale: 1 = conditional model alone (default), 0 = unconditional, "
-                        ">1 = stronger label adherence (two network passes per step)")
+                   help="classifier-free guidance scale: 1 = conditional model alone, 0 = unconditional, "
+                        f">1 = stronger label adherence (two network passes per step) ({CARD_DEFAULT})")
     p.add_argument("--samples", type=int, default=1, help="synthetic CTs per label map (_01, _02... are added)")
     p.add_argument("--hr-model", default=None, help="high-resolution patch model (optional)")
     p.add_argument("--preview", default=None, help="also write a PNG preview (a folder for a batch)")
@@ -50,9 +54,9 @@ def register(subparsers, groups) -> None:
     ev.add_argument("--model", default=None, help="model name or path (default ctca-demo)")
     ev.add_argument("--phantoms", type=int, default=10, help="held-out phantoms (seeds 100000...)")
     ev.add_argument("--samples", type=int, default=2, help="samples per phantom (diversity)")
-    ev.add_argument("--steps", type=int, default=None)
-    ev.add_argument("--sampler", default=None)
-    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--steps", type=int, default=None, help=f"sampling steps ({CARD_DEFAULT})")
+    ev.add_argument("--sampler", default=None, help=f"sampler ({CARD_DEFAULT})")
+    ev.add_argument("--guidance", type=float, default=None, help=f"guidance scale ({CARD_DEFAULT})")
     ev.add_argument("--train-phantoms", type=int, default=None, help="training phantoms searched for memorisation (default: the card's)")
     ev.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ev.add_argument("--update-card", action="store_true", help="store the figures in the model card's metrics")
@@ -71,7 +75,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.preview:
         outputs["preview"] = args.preview
     params = {"samples": args.samples}
-    for key in ("steps", "sampler", "guidance", "hr_model"):
+    for key in ("steps", "sampler", "guidance", "hr_model", "series"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     job = Job(task="ctca.synthesize", inputs=inputs, outputs=outputs, model=args.model, params=params,

@@ -29,7 +29,7 @@ def register(subparsers, groups) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps for --estimate sample (default: the model card's)")
     p.add_argument("--sampler", default=None,
                    help="ancestral, ddim, dpmpp_2m, euler, heun for --estimate sample (default: the model card's)")
-    p.add_argument("--batch-size", type=int, default=None, help="(frame, slab) items sampled together (default 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="(frame, slab) items sampled together (default: as many as half the free memory holds, at most 8)")
     p.add_argument("--times", default=None, help="frame times in s (0,2,4,...) or one interval; overrides the file's")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel size (mm) for .npy input")
     add_job_options(p)
@@ -68,6 +68,7 @@ def register(subparsers, groups) -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-hu", type=float, default=None, help="phantom noise in HU (default: 1-3, drawn per phantom)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--update-card", action="store_true", help="record the figures in the model card's metrics")
     p.set_defaults(handler=_evaluate)
@@ -118,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         intervals = [int(v) for v in str(args.intervals).split(",") if v.strip()]
         result = evaluate(args.model, phantoms=args.phantoms, size=args.size, intervals=intervals, steps=args.steps,
                           sampler=args.sampler, estimate=args.estimate, device=args.device, seed=args.seed,
-                          log=lambda m: print(m, file=sys.stderr))
+                          noise_hu=args.noise_hu, log=lambda m: print(m, file=sys.stderr))
         print(format_report(result))
         if args.json:
             import json

@@ -26,21 +26,25 @@ def register(subparsers, groups) -> None:
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel spacing in mm of the output")
     parser.add_argument("--preview", default=None, help="also write a PNG preview here")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extra task parameter (repeatable)")
-    add_job_options(parser)
+    add_job_options(parser, model="required")
     parser.set_defaults(handler=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ..jobs import Job
-    from ..models import find_model, ModelCard
+    from ..jobs import JOB_RUNNERS, Job
+    from ..models import ModelCard, find_model
     from .common import reporter_for
 
     try:
-        if not args.model:
-            from ..errors import ConfigError
-
-            raise ConfigError("generate needs --model", "pick one from `meddiff models list`")
         card = ModelCard.from_json_file(find_model(args.model).card_path)
+        if f"{card.task}.generate" not in JOB_RUNNERS:
+            from ..errors import ModelError
+
+            makers = sorted(name.split(".")[0] for name in JOB_RUNNERS if name.endswith(".generate"))
+            raise ModelError(f"model '{card.name}' is a '{card.task}' model, which does not generate volumes on its "
+                             f"own; `meddiff generate` takes {', '.join(makers)} models",
+                             f"choose a {' or '.join(makers)} model (`meddiff models list`), or run this one with its "
+                             f"task's command (`meddiff --help`)")
     except MedDiffError as error:
         reporter_for(args.progress).error(error)
         return error.exit_status

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .common import add_job_options, execute
+from .common import CARD_DEFAULT, add_job_options, execute
 
 EXIT_CODES = ("Exit codes: 0 ok, 2 usage, 3 bad input (slices of a size no stage accepts, a condition volume on the "
               "wrong grid, an odd volume size for the wavelet transform, unreadable file), 4 bad parameter, "
@@ -27,9 +27,9 @@ def register(subparsers, groups) -> None:
     p.add_argument("--input", required=True, help="low-resolution volume (.nii.gz, .nrrd, .mha, DICOM) or 8-bit .png")
     p.add_argument("--out", required=True, help="output volume (.nii.gz, .nrrd, .mha) or .png for a one-slice input")
     p.add_argument("--stages", type=int, default=None, help="how many 2x stages to run (default: all the model has left)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps per stage (default: the model card's)")
-    p.add_argument("--sampler", default=None, help="ancestral, ddim, dpmpp_2m, euler, heun")
-    add_job_options(p)
+    p.add_argument("--steps", type=int, default=None, help=f"sampling steps per stage ({CARD_DEFAULT})")
+    p.add_argument("--sampler", default=None, help=f"ancestral, ddim, dpmpp_2m, euler, heun ({CARD_DEFAULT})")
+    add_job_options(p, model="required")
     p.set_defaults(handler=_upscale)
 
     p = groups["evaluate"].add_parser(

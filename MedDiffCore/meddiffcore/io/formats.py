@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -18,13 +20,21 @@ import numpy as np
 from meddiffcore.errors import BadInputError, MedDiffError
 
 from . import nrrd as _nrrd
-from .atomic import atomic_output, atomic_outputs, split_extension
+from .atomic import _fsync_file, atomic_output, atomic_outputs, split_extension
 from .volume import RAS_TO_LPS, Sequence, Volume, check_finite
 
 __all__ = [
     "read_volume",
     "write_volume",
+    "read_segmentation",
+    "is_segmentation_file",
+    "is_dicom_file",
+    "is_dicom_folder",
+    "Segment",
+    "Segmentation",
     "read_sequence",
+    "read_dicom_sequence",
+    "write_dicom_series",
     "write_sequence",
     "volume_format",
     "sequence_format",
@@ -295,6 +305,129 @@ def _write_nrrd_file(p: Path, ext: str, arr: np.ndarray, fields: dict, keyvalues
         raise _write_error(p, exc) from None
 
 
+# --------------------------------------------------------------------------------------------- Slicer segmentation
+
+#: Extensions of Slicer segmentation files (vtkMRMLSegmentationStorageNode).
+SEGMENTATION_EXTENSIONS = (".seg.nrrd", ".seg.nhdr")
+
+
+@dataclass
+class Segment:
+    """One segment of a Slicer segmentation: its voxels are ``layers[layer] == label_value``."""
+
+    name: str
+    id: str
+    layer: int
+    label_value: int
+
+
+@dataclass
+class Segmentation:
+    """A Slicer ``.seg.nrrd``: binary-labelmap layers (L, z, y, x) on one grid, and the segments stored in them."""
+
+    layers: np.ndarray
+    ijk_to_ras: np.ndarray
+    segments: list[Segment]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.layers.shape[1:])
+
+    def mask(self, segment: Segment) -> np.ndarray:
+        return self.layers[segment.layer] == segment.label_value
+
+
+def is_segmentation_file(path: str | os.PathLike) -> bool:
+    """True for a Slicer segmentation file (by its ``.seg.nrrd``/``.seg.nhdr`` extension)."""
+    return Path(path).name.lower().endswith(SEGMENTATION_EXTENSIONS)
+
+
+def _segments_of(kv: dict[str, str], n_layers: int, p: Path) -> list[Segment]:
+    segments = []
+    i = 0
+    while f"Segment{i}_ID" in kv or f"Segment{i}_Name" in kv:
+        key = f"Segment{i}_"
+        try:
+            # Slicer <= 4.10 wrote one layer per segment and no Layer/LabelValue fields
+            layer = int(kv.get(key + "Layer", i if n_layers > 1 else 0))
+            value = int(kv.get(key + "LabelValue", 1))
+        except ValueError:
+            raise BadInputError(f"cannot read '{p.name}': segment {i} has a bad Layer or LabelValue field",
+                                _CORRUPT_HINT) from None
+        if not 0 <= layer < n_layers:
+            raise BadInputError(f"cannot read '{p.name}': segment {i} is in layer {layer}, the file has {n_layers}",
+                                _CORRUPT_HINT)
+        segments.append(Segment(kv.get(key + "Name", kv.get(key + "ID", f"Segment_{i}")), kv.get(key + "ID", ""),
+                                layer, value))
+        i += 1
+    return segments
+
+
+def _reference_grid(kv: dict[str, str]) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """(ijk_to_ras, shape zyx) of the segmentation's reference image geometry, when its header says it."""
+    params = kv.get("Segmentation_ConversionParameters", "")
+    for item in params.split("&"):
+        parts = item.split("|")
+        if len(parts) >= 2 and parts[0] == "Reference image geometry":
+            values = [v for v in parts[1].split(";") if v.strip()]
+            try:
+                numbers = [float(v) for v in values]
+            except ValueError:
+                return None
+            if len(numbers) != 22:
+                return None
+            m = np.array(numbers[:16]).reshape(4, 4)
+            ext = [int(round(v)) for v in numbers[16:]]
+            if any(ext[2 * a] != 0 for a in range(3)) or not np.allclose(m[3], [0, 0, 0, 1]):
+                return None
+            return m, (ext[5] + 1, ext[3] + 1, ext[1] + 1)
+    return None
+
+
+def read_segmentation(path: str | os.PathLike) -> Segmentation:
+    """Read a Slicer segmentation (``.seg.nrrd``, as vtkMRMLSegmentationStorageNode writes it).
+
+    Segments are read from the ``SegmentN_Name/_ID/_Layer/_LabelValue`` fields;
+    a 3D file is one layer, a 4D file (``kinds: list domain domain domain``) one
+    layer per list entry. When the header holds the segmentation's reference
+    image geometry, the layers (which Slicer crops to the segments) are placed
+    on that whole grid, the grid the user segmented on.
+    """
+    p = Path(path)
+    _check_exists(p)
+    data, m, n, others = _read_nrrd_any(p)
+    if data.ndim == 3:
+        data = data[None]
+    elif data.ndim != 4:
+        raise _shape_error(data.shape)
+    if data.dtype.kind not in "biu":
+        raise BadInputError(f"cannot read '{p.name}' as a segmentation: it holds {data.dtype} values, not labels",
+                            "export the segmentation from Slicer as a .seg.nrrd")
+    kv = dict(n.keyvalues)
+    segments = _segments_of(kv, data.shape[0], p)
+    if not segments:
+        raise BadInputError(f"'{p.name}' names no segments (no Segment0_Name field): not a Slicer segmentation",
+                            "save the segmentation from Slicer, or pass it as a plain label map (.nrrd, .nii.gz)")
+    reference = _reference_grid(kv)
+    offset_text = kv.get("Segmentation_ReferenceImageExtentOffset", "")
+    if reference is not None and offset_text:
+        ref_m, ref_shape = reference
+        try:
+            off_ijk = np.array([int(v) for v in offset_text.split()], dtype=int)
+        except ValueError:
+            off_ijk = None
+        if off_ijk is not None and off_ijk.shape == (3,):
+            off = off_ijk[::-1]  # zyx
+            expected = ref_m.copy()
+            expected[:3, 3] = ref_m[:3, :3] @ off_ijk + ref_m[:3, 3]
+            stop = off + np.array(data.shape[1:])
+            if np.allclose(expected, m, atol=1e-3) and np.all(off >= 0) and np.all(stop <= ref_shape):
+                full = np.zeros((data.shape[0],) + tuple(ref_shape), dtype=data.dtype)
+                full[(slice(None),) + tuple(slice(a, b) for a, b in zip(off, stop))] = data
+                data, m = full, ref_m
+    return Segmentation(np.ascontiguousarray(data), m, segments)
+
+
 # --------------------------------------------------------------------------------------------- NIfTI
 
 
@@ -471,45 +604,370 @@ def _write_metaimage(vol: Volume, p: Path, ext: str, compress: bool) -> None:
 # --------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom(p: Path, series_uid: str | None) -> Volume:
+#: Slice positions closer than this (mm) are the same position; spacings may differ by this fraction of their median.
+DICOM_POSITION_TOL_MM = 1e-3
+DICOM_SPACING_TOL = 0.01
+
+
+def _dicom_header(path: Path):
+    """SimpleITK's header reader of one DICOM file (no pixels read)."""
     import SimpleITK as sitk
 
-    folder = p if p.is_dir() else p.parent
-    if series_uid is None and p.is_file():
-        try:
-            fr = sitk.ImageFileReader()
-            fr.SetFileName(str(p))
-            fr.ReadImageInformation()
-            if fr.HasMetaDataKey("0020|000e"):
-                series_uid = fr.GetMetaData("0020|000e").strip()
-        except RuntimeError as exc:
-            raise _read_error(p, exc) from None
-    reader = sitk.ImageSeriesReader()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(reader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _series_summary(folder: Path, uid: str) -> str:
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     try:
-        uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+        head = _dicom_header(Path(files[0]))
+        what = " ".join(t for t in (_tag(head, "0008|0060"), _tag(head, "0008|103e")) if t)
+    except RuntimeError:
+        what = ""
+    return f"{uid} ({len(files)} file{'s' if len(files) != 1 else ''}{', ' + what if what else ''})"
+
+
+def _read_dicom_file(p: Path, series_uid: str | None) -> Volume:
+    """One DICOM file is what it holds: one slice, or the frames of a multi-frame file; never its neighbours."""
+    import SimpleITK as sitk
+
+    try:
+        head = _dicom_header(p)
+        uid = _tag(head, "0020|000e")
+        if series_uid is not None and uid and uid != series_uid:
+            raise BadInputError(f"cannot read '{p.name}': it belongs to DICOM series {uid}, not {series_uid}",
+                                "pass the file of the series you mean, or its folder with that series UID")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.SetImageIO("GDCMImageIO")
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise _read_error(p, RuntimeError(_sitk_error_text(exc))) from None
+    md = {"format": "dicom", "path": str(p), "dicom_series_uid": uid, "dicom_files": 1,
+          "dicom_single_file": True}
+    if img.GetDimension() == 2:
+        img = sitk.JoinSeries(img)
+    return _sitk_to_volume(img, md)
+
+
+def _slice_place(f: str, p: Path):
+    """(header reader, ImagePositionPatient, ImageOrientationPatient) of one file of a series, or a clear error."""
+    try:
+        head = _dicom_header(Path(f))
+    except RuntimeError as exc:
+        raise _read_error(Path(f), RuntimeError(_sitk_error_text(exc))) from None
+    try:
+        pos = np.array([float(v) for v in _tag(head, "0020|0032").split("\\")], dtype=np.float64)
+        ori = np.array([float(v) for v in _tag(head, "0020|0037").split("\\")], dtype=np.float64)
+    except ValueError:
+        pos = ori = np.zeros(0)
+    if pos.shape != (3,) or ori.shape != (6,):
+        raise BadInputError(f"cannot read '{p}': DICOM file '{Path(f).name}' has no usable image position or "
+                            "orientation (0020,0032 / 0020,0037), so its slice cannot be placed",
+                            "export the series again with its geometry tags")
+    return head, pos, ori
+
+
+def _check_slice_positions(files: list[str], p: Path) -> tuple[list[str], float]:
+    """Sort a series' files by position along its slice normal; refuse mixed orientations, duplicate positions,
+    gaps and uneven spacing (naming the files). Returns (sorted files, slice spacing in mm)."""
+    rows = []
+    for f in files:
+        head, pos, ori = _slice_place(f, p)
+        rows.append((f, pos, ori, head.GetSize()[:2]))
+    ori0, size0 = rows[0][2], rows[0][3]
+    odd = [Path(f).name for f, _, o, size in rows if not np.allclose(o, ori0, atol=1e-4) or size != size0]
+    if odd:
+        raise BadInputError(f"cannot read '{p}': the series mixes slice orientations or sizes ({_names(odd)} differ "
+                            f"from '{Path(rows[0][0]).name}')", "export the series again, or separate its parts")
+    normal = np.cross(ori0[:3], ori0[3:])
+    rows.sort(key=lambda r: float(normal @ r[1]))
+    along = np.array([float(normal @ r[1]) for r in rows])
+    if len(rows) == 1:
+        return [rows[0][0]], float("nan")
+    steps = np.diff(along)
+    same = [f"'{Path(rows[i][0]).name}' and '{Path(rows[i + 1][0]).name}'"
+            for i in np.nonzero(steps < DICOM_POSITION_TOL_MM)[0]]
+    if same:
+        raise BadInputError(f"cannot read '{p}': {len(same)} pair(s) of files of the series lie at the same slice "
+                            f"position ({'; '.join(same[:4])}{' ...' if len(same) > 4 else ''})",
+                            "the folder holds the same slice twice (a copy, another reconstruction or an echo): "
+                            "keep one file per position; a time series (perfusion) is read as a sequence "
+                            "(read_sequence, meddiff inpaint --sequence FOLDER)")
+    spacing = float(np.median(steps))
+    uneven = np.nonzero(np.abs(steps - spacing) > max(DICOM_SPACING_TOL * spacing, DICOM_POSITION_TOL_MM))[0]
+    if uneven.size:
+        shown = "; ".join(f"{steps[i]:.3g} mm between '{Path(rows[i][0]).name}' and '{Path(rows[i + 1][0]).name}'"
+                          for i in uneven[:4])
+        gaps = int(np.sum(np.round(steps[uneven] / spacing) >= 2))
+        raise BadInputError(f"cannot read '{p}': the slices are not evenly spaced (median {spacing:.4g} mm; {shown}"
+                            f"{' ...' if uneven.size > 4 else ''}){f'; {gaps} gap(s): missing slices?' if gaps else ''}",
+                            "copy the whole series (every slice), or resample it to even spacing first")
+    return [r[0] for r in rows], spacing
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    return ", ".join(f"'{n}'" for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_dicom_folder(p: Path, series_uid: str | None) -> Volume:
+    """A folder holding one DICOM series (or ``series_uid`` of several) as one volume, sorted by position."""
+    import SimpleITK as sitk
+
+    uids = _series_uids(p)
+    if series_uid is None:
+        if len(uids) > 1:
+            raise BadInputError(
+                f"cannot read '{p}': the folder holds {len(uids)} DICOM series: "
+                + "; ".join(_series_summary(p, u) for u in uids),
+                "choose one with --series UID (series_uid=... in Python), or put each series in its own folder")
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
+                            "use one of: " + "; ".join(_series_summary(p, u) for u in uids))
+    return _read_dicom_files(list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series_uid)), p, series_uid)
+
+
+def _series_uids(p: Path) -> list[str]:
+    import SimpleITK as sitk
+
+    try:
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except RuntimeError as exc:
         raise _read_error(p, exc) from None
     if not uids:
         raise BadInputError(f"cannot read '{p}': no DICOM series found in the folder",
                             "point at a folder that holds the DICOM files of one series")
-    if series_uid is None:
-        if len(uids) > 1:
-            raise BadInputError(
-                f"cannot read '{p}': the folder holds {len(uids)} DICOM series ({', '.join(uids)})",
-                "pass series_uid=... or put each series in its own folder",
-            )
-        series_uid = uids[0]
-    elif series_uid not in uids:
-        raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
-                            f"use one of: {', '.join(uids)}")
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    return uids
+
+
+def _read_dicom_files(files: list[str], p: Path, series_uid: str) -> Volume:
+    """The files of one series (one volume) read as one volume, sorted and checked by position."""
+    import SimpleITK as sitk
+
+    if len(files) == 1:
+        vol = _read_dicom_file(Path(files[0]), series_uid)
+        vol.metadata.update(path=str(p), dicom_single_file=False)
+        return vol
+    files, spacing = _check_slice_positions(files, p)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.SetImageIO("GDCMImageIO")
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise _read_error(p, exc) from None
-    md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files)}
+        raise _read_error(p, RuntimeError(_sitk_error_text(exc))) from None
+    if img.GetDimension() != 3 or abs(img.GetSpacing()[2] - spacing) > max(DICOM_SPACING_TOL * spacing, 1e-3):
+        raise MedDiffError(f"the DICOM reader placed the slices of '{p}' {img.GetSpacing()[2]:.4g} mm apart, their "
+                           f"positions are {spacing:.4g} mm apart", "report this as a bug with the series")
+    md = {"format": "dicom", "path": str(p), "dicom_series_uid": series_uid, "dicom_files": len(files),
+          "dicom_single_file": False}
     return _sitk_to_volume(img, md)
+
+
+def _dicom_seconds(head) -> float | None:
+    """Acquisition time of a file in seconds of the day (AcquisitionTime, else ContentTime), or TriggerTime."""
+    for key in ("0008|0032", "0008|0033"):
+        text = _tag(head, key)
+        m = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(\.\d+)?", text) if text else None
+        if m:
+            hh, mm, ss = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
+            return hh * 3600.0 + mm * 60.0 + ss + float(m.group(4) or 0.0)
+    trigger = _tag(head, "0018|1060")
+    try:
+        return float(trigger) / 1000.0 if trigger else None
+    except ValueError:
+        return None
+
+
+def _frames_of_one_series(files: list[str], p: Path) -> tuple[list[list[str]], list[float | None]]:
+    """Split a series whose positions repeat (one position per slice and time) into frames, by time."""
+    rows = []
+    for f in files:
+        head, pos, ori = _slice_place(f, p)
+        number = _tag(head, "0020|0013")
+        rows.append((f, float(np.cross(ori[:3], ori[3:]) @ pos), _dicom_seconds(head),
+                     int(number) if number.lstrip("-").isdigit() else 0))
+    rows.sort(key=lambda r: r[1])
+    groups: list[list[tuple]] = []
+    for row in rows:
+        if groups and abs(row[1] - groups[-1][0][1]) < DICOM_POSITION_TOL_MM:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    counts = sorted({len(g) for g in groups})
+    if len(counts) != 1:
+        raise BadInputError(f"cannot read '{p}' as a time series: its {len(groups)} slice positions hold "
+                            f"{counts[0]} to {counts[-1]} files each", "copy every time point of every slice")
+    for g in groups:
+        g.sort(key=lambda r: (r[2] if r[2] is not None else 0.0, r[3]))
+    n_frames = counts[0]
+    frames = [[g[t][0] for g in groups] for t in range(n_frames)]
+    times = []
+    for t in range(n_frames):
+        stamps = [g[t][2] for g in groups]
+        times.append(None if any(v is None for v in stamps) else min(stamps))
+    return frames, times
+
+
+def read_dicom_sequence(path: str | os.PathLike, *, series_uid: str | None = None) -> Sequence:
+    """A DICOM time series (CT perfusion) as a 4D Sequence: one series whose slice positions repeat once per time
+    point (frames ordered by AcquisitionTime, ContentTime or TriggerTime), or a folder of one series per time point
+    (all on one grid). Times are seconds from the first frame; metadata ``time_step_missing`` when the files
+    record no time. Each frame is read and checked like a series by :func:`read_volume`."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.is_dir():
+        raise BadInputError(f"cannot read '{p}' as a DICOM time series: it is not a folder",
+                            "pass the folder that holds the perfusion series")
+    uids = _series_uids(p)
+    if series_uid is not None and series_uid not in uids:
+        raise BadInputError(f"cannot read '{p}': no DICOM series with UID {series_uid} in the folder",
+                            "use one of: " + "; ".join(_series_summary(p, u) for u in uids))
+    chosen = [series_uid] if series_uid else uids
+    frames: list[Volume] = []
+    stamps: list[float | None] = []
+    for uid in chosen:
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid))
+        groups, times = _frames_of_one_series(files, p) if len(files) > 1 else ([files], [None])
+        if len(chosen) > 1 and len(groups) > 1:
+            raise BadInputError(f"cannot read '{p}': series {uid} is itself a time series, and the folder holds "
+                                f"{len(chosen)} series", "pick one with --series UID, or keep one series per time point")
+        if len(groups) == 1:  # one volume per series: its time is its first file's
+            try:
+                times = [_dicom_seconds(_dicom_header(Path(files[0])))]
+            except RuntimeError:
+                times = [None]
+        for group, t in zip(groups, times):
+            frames.append(_read_dicom_files(group, p, uid))
+            stamps.append(t)
+    first = frames[0]
+    odd = [i for i, v in enumerate(frames) if v.shape != first.shape or not np.allclose(v.ijk_to_ras, first.ijk_to_ras, atol=1e-3)]
+    if odd:
+        raise BadInputError(f"cannot read '{p}' as a time series: frame {odd[0] + 1} lies on another grid than the first",
+                            "every time point must cover the same slices")
+    md = {"format": "dicom", "path": str(p), "dicom_series_uids": chosen}
+    if any(t is None for t in stamps):
+        md["time_step_missing"] = True
+        order = list(range(len(frames)))
+        times_s = np.arange(len(frames), dtype=np.float64)
+    else:
+        order = sorted(range(len(frames)), key=lambda i: stamps[i])
+        t0 = stamps[order[0]]
+        times_s = np.array([stamps[i] - t0 for i in order], dtype=np.float64)
+    array = np.stack([frames[i].array for i in order])
+    return Sequence(array, first.ijk_to_ras, times_s, md)
+
+
+def _read_dicom(p: Path, series_uid: str | None) -> Volume:
+    return _read_dicom_folder(p, series_uid) if p.is_dir() else _read_dicom_file(p, series_uid)
+
+
+#: Patient and study attributes a derived series copies from its source, so PACS and Slicer file it in that study.
+_DICOM_STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+                     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                     "StudyDescription", "FrameOfReferenceUID")
+
+
+def _dicom_reference(reference: str | os.PathLike | None) -> dict:
+    import pydicom
+
+    if reference is None:
+        return {}
+    ref = Path(reference)
+    if ref.is_dir():
+        ref = next((f for f in sorted(ref.iterdir()) if f.is_file() and is_dicom_file(f)), None)
+        if ref is None:
+            return {}
+    try:
+        ds = pydicom.dcmread(ref, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise _read_error(ref, exc) from None
+    return {k: ds.get(k) for k in _DICOM_STUDY_KEYS if ds.get(k) not in (None, "")}
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, reference: str | os.PathLike | None = None,
+                       description: str = "MedDiff derived", modality: str = "CT") -> Path:
+    """Write an integer volume (e.g. int16 HU) as a DICOM series, one CT Image Storage file per slice, into the new
+    (or empty) ``folder``, atomically: the folder appears only when every slice is written.
+
+    Geometry is exact (ImagePositionPatient per slice, ImageOrientationPatient, PixelSpacing, spacing between
+    slices, all LPS); the series is DERIVED with new Series/SOP UIDs. ``reference`` (a DICOM file or series folder,
+    e.g. the input) gives the patient and study attributes, so the series is filed in that study.
+    """
+    from datetime import datetime
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    target = Path(folder)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BadInputError(f"cannot write the DICOM series to '{target}': it exists and is not an empty folder",
+                            "name a new folder (DICOM output never replaces files)")
+    if not target.parent.is_dir():
+        raise BadInputError(f"cannot write '{target}': the folder '{target.parent}' does not exist",
+                            "create the output folder first")
+    arr = np.asarray(volume.array)
+    if arr.dtype.kind not in "biu" or (arr.size and (arr.min() < -32768 or arr.max() > 32767)):
+        raise BadInputError(f"cannot write dtype {arr.dtype} (range {arr.min()}..{arr.max()}) as a DICOM CT series",
+                            "DICOM output takes whole numbers in the int16 range (HU)")
+    lps = volume.ijk_to_lps
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    unit = lps[:3, :3] / spacing
+    if not np.allclose(np.cross(unit[:, 0], unit[:, 1]), unit[:, 2], atol=1e-6):
+        raise BadInputError("cannot write a DICOM series whose slice axis is not the normal of its rows and columns "
+                            "(a sheared or left-handed grid)", "write NIfTI or NRRD instead")
+    study = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid(), **_dicom_reference(reference)}
+    series_uid = generate_uid()
+    now = datetime.now()
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    tmp.mkdir()
+    try:
+        for k in range(arr.shape[0]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            for key, value in study.items():
+                setattr(ds, key, value)
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = modality, series_uid, 9001, k + 1
+            ds.SeriesDescription, ds.ImageType, ds.Manufacturer = description[:64], ["DERIVED", "SECONDARY"], "MedDiff"
+            ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+            ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
+            ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([unit[:, 0], unit[:, 1]])]
+            ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]  # between rows (j), between columns (i)
+            ds.SliceThickness = ds.SpacingBetweenSlices = f"{spacing[2]:.6f}"
+            ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+            ds.PixelData = np.ascontiguousarray(arr[k], dtype="<i2").tobytes()
+            ds.save_as(tmp / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
+            _fsync_file(tmp / f"IM{k + 1:05d}.dcm")
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(target, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -519,7 +977,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     """Read a 3D volume from .nii/.nii.gz, .nrrd/.nhdr, .mha/.mhd, or a DICOM series.
 
     ``path`` may be a folder holding one DICOM series (or several, with
-    ``series_uid``), or one DICOM file (its whole series is read). Data keep the
+    ``series_uid``): read as one volume sorted by slice position, refused when
+    positions repeat, miss a slice or are unevenly spaced. One DICOM file is
+    what it holds (one slice, metadata ``dicom_single_file``; or the frames of
+    a multi-frame file), never a volume of its neighbours. Data keep the
     file's dtype (in native byte order). 4D files with a single frame are read
     as 3D; other 4D files raise (use :func:`read_sequence`).
 
@@ -568,12 +1029,24 @@ _SEQ_DATA_NODE_CLASS = "vtkMRMLScalarVolumeNode"
 
 
 def _times_from_index(values: list[str], index_type: str, unit: str, md: dict) -> np.ndarray | None:
+    """Frame times in seconds from a sequence's index values, or None with ``md["times_unknown"]`` saying why
+    (non-numeric index, a value that is not a finite number); a unit that is not a time is kept in
+    ``md["index_values_unit"]``. Callers that need real times refuse a sequence whose times are unknown."""
     if index_type and index_type.lower() != "numeric":
+        md["times_unknown"] = f"its frame index is of type '{index_type}', not numeric"
         return None
-    try:
-        t = np.array([float(unquote(v)) for v in values], dtype=np.float64)
-    except ValueError:
+    numbers = []
+    for v in values:
+        try:
+            numbers.append(float(unquote(v)))
+        except ValueError:
+            numbers.append(None)
+    bad = [unquote(v) for v, x in zip(values, numbers) if x is None or not np.isfinite(x)]
+    if bad:
+        md["times_unknown"] = (f"{len(bad)} of its {len(values)} frame index values are not numbers "
+                               f"({', '.join(repr(b) for b in bad[:3])}{', ...' if len(bad) > 3 else ''})")
         return None
+    t = np.array(numbers, dtype=np.float64)
     scale = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "": 1.0,
              "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6, "min": 60.0}.get(unit.lower())
     if scale is None:
@@ -617,6 +1090,8 @@ def _read_nrrd_sequence(p: Path) -> Sequence:
                 _CORRUPT_HINT)
         md["index_values"] = [unquote(v) for v in values]
         times = _times_from_index(values, index_type, index_unit, md)
+    elif n_frames > 1:
+        md["times_unknown"] = "it records no frame index values"
     md.update(index_name=index_name or "frame", index_unit=index_unit, index_type=index_type)
     if kv:
         md["nrrd_keyvalues"] = kv
@@ -723,6 +1198,19 @@ def write_sequence(seq: Sequence, path: str | os.PathLike, *, compress: bool = T
                  f"axis {a} index type": "numeric", f"axis {a} index values": values}
     _write_nrrd_file(p, ext, data, fields, keyvalues, compress)
     return p
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A DICOM file by extension (.dcm, .dicom, .ima) or, without a known extension, by its 'DICM' preamble."""
+    p = Path(path)
+    fmt = _FORMAT_BY_EXT.get(_ext(p))
+    return fmt == "dicom" or (fmt is None and p.is_file() and _is_dicom_file(p))
+
+
+def is_dicom_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` directly holds DICOM files: it is read as a DICOM series (one volume), not a batch."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
 
 
 def volume_files(folder: str | os.PathLike) -> list[Path]:

@@ -157,7 +157,7 @@ class ResBlock(nn.Module):
     ``use_scale_shift_norm`` the embedding gives ``(scale, shift)`` applied as
     ``norm2(h) * (1 + scale) + shift``; otherwise it is added before ``norm2``.
     With ``spade_channels > 0`` both norms are :class:`~meddiffcore.nets.spade.SPADEGroupNorm`
-    and ``forward`` needs the semantic map.
+    and ``forward`` needs the semantic map. ``norm_eps`` is the GroupNorms' epsilon (the CTP authors' 1e-6).
     """
 
     def __init__(
@@ -169,6 +169,7 @@ class ResBlock(nn.Module):
         *,
         dropout: float = 0.0,
         norm_groups: int = 32,
+        norm_eps: float = 1e-5,
         use_scale_shift_norm: bool = True,
         up: Sequence[int] | None = None,
         down: Sequence[int] | None = None,
@@ -188,7 +189,7 @@ class ResBlock(nn.Module):
         def norm(ch: int) -> nn.Module:
             if self.uses_segmap:
                 return SPADEGroupNorm(spatial_dims, ch, spade_channels, spade_hidden, norm_groups, spade_resize)
-            return normalization(ch, norm_groups)
+            return normalization(ch, norm_groups, eps=norm_eps)
 
         self.norm1 = norm(in_channels)
         self.conv1 = conv_nd(spatial_dims, in_channels, out_channels, 3)

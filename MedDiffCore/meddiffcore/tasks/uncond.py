@@ -152,6 +152,10 @@ class UncondTask:
                               "make them agree (2 for images, 3 for volumes)")
         return UNet(config.network)
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
+        return UNet(UNetConfig.from_dict(card.network))
+
     def build_dataset(self, config: UncondConfig) -> torch.utils.data.Dataset:
         if config.data.source == "folder":
             return FolderDataset(config.data.folder, config.data.size, config.data.intensity_window)

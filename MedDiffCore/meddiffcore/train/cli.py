@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
+    from ..cancel import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # SIGTERM ends training like Ctrl-C: the CANCELLED event, status 130
     parser = argparse.ArgumentParser(prog="python -m meddiffcore.train", description="Train a MedDiff model from a config file.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

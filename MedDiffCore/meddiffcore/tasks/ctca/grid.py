@@ -1,7 +1,10 @@
 """Model grids and resampling with exact geometry (any spacing and orientation).
 
-A synthesis grid has the label map's orientation, the model's spacing, covers
-the label map's whole physical extent and is centred on it; its shape is
+Everything is measured in physical (RAS, mm) space, never in voxel indices. A
+synthesis grid is aligned with the patient axes nearest to the label map's own
+(:func:`patient_axes`: the same axes for an axis-aligned map, the nearest ones
+for an oblique map, as the training crops are), has the model's spacing,
+covers the label map's whole physical box and is centred on it; its shape is
 rounded up to what the network can take. Results are resampled back onto the
 label map's own grid, so the output has exactly the input's geometry.
 """
@@ -26,15 +29,54 @@ def centred_grid(direction: np.ndarray, centre_ras, spacing_mm: float, shape_zyx
     return geometry_from_spacing([spacing_mm] * 3, origin, direction)
 
 
+def patient_axes(direction: np.ndarray) -> np.ndarray:
+    """The signed permutation of the RAS axes nearest to ``direction`` (columns): for each grid axis, the patient
+    axis it is closest to, in the same sense. An axis-aligned direction is returned unchanged."""
+    d = np.asarray(direction, dtype=np.float64)
+    out = np.zeros((3, 3))
+    free = [0, 1, 2]
+    for col in sorted(range(3), key=lambda c: -np.max(np.abs(d[:, c]))):  # most clear-cut axis first
+        row = max(free, key=lambda r: abs(d[r, col]))
+        out[row, col] = 1.0 if d[row, col] >= 0 else -1.0
+        free.remove(row)
+    return out
+
+
+def _corners(shape_zyx) -> np.ndarray:
+    """The 8 outer corners (i, j, k, edge to edge) of a voxel box."""
+    n = np.array(shape_zyx[::-1], dtype=np.float64)
+    return np.array([[i, j, k] for i in (-0.5, n[0] - 0.5) for j in (-0.5, n[1] - 0.5) for k in (-0.5, n[2] - 0.5)])
+
+
 def synthesis_grid(volume: Volume, spacing_mm: float, multiple=(1, 1, 1)) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """(ijk_to_ras, shape zyx) of a grid at ``spacing_mm`` covering ``volume``, each size a multiple of ``multiple`` (zyx)."""
-    extent = np.array(volume.shape[::-1], dtype=np.float64) * volume.spacing  # i, j, k edge to edge, mm
+    """(ijk_to_ras, shape zyx) of a grid at ``spacing_mm`` on the patient axes nearest to ``volume``'s, covering
+    its whole physical box (edge to edge), each size a multiple of ``multiple`` (zyx)."""
+    axes = patient_axes(volume.direction)
+    corners = axes.T @ volume.ijk_to_ras_points(_corners(volume.shape)).T  # mm along the grid's axes (i, j, k)
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
     mult = np.array(multiple[::-1])
-    n = np.maximum(np.ceil(extent / spacing_mm - 1e-6).astype(int), 1)
+    n = np.maximum(np.ceil((hi - lo) / spacing_mm - 1e-6).astype(int), 1)
     n = (np.ceil(n / mult) * mult).astype(int)
-    centre = volume.ijk_to_ras_points([(np.array(volume.shape[::-1]) - 1) / 2.0])[0]
     shape = tuple(int(v) for v in n[::-1])
-    return centred_grid(volume.direction, centre, spacing_mm, shape), shape
+    return centred_grid(axes, axes @ ((lo + hi) / 2.0), spacing_mm, shape), shape
+
+
+def labelled_box(volume: Volume, labels: np.ndarray, axes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) in mm along ``axes`` (columns; default the patient axes nearest to the volume's) of the labelled
+    voxels' outer edges: the physical extent of the labelled structures, whatever the grid's orientation.
+    Works slice by slice, so memory stays bounded for clinical label maps."""
+    axes = patient_axes(volume.direction) if axes is None else np.asarray(axes, dtype=np.float64)
+    lin = axes.T @ volume.ijk_to_ras[:3, :3]  # (i, j, k) index -> mm along the axes
+    half = 0.5 * np.abs(lin).sum(axis=1)  # a voxel's half-extent along each axis
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for k in np.nonzero(np.any(labels > 0, axis=(1, 2)))[0]:
+        j, i = np.nonzero(labels[k] > 0)
+        pts = lin @ np.stack([i, j, np.full(i.shape, k)]).astype(np.float64)
+        lo, hi = np.minimum(lo, pts.min(axis=1)), np.maximum(hi, pts.max(axis=1))
+    if not np.all(np.isfinite(lo)):
+        raise BadInputError("the label map is empty (every voxel is background)", "draw the heart labels first")
+    offset = axes.T @ volume.ijk_to_ras[:3, 3]
+    return lo + offset - half, hi + offset + half
 
 
 def _zyx_affine(src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,25 +119,25 @@ def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shap
     return out
 
 
-def check_field_of_view(volume: Volume, labels: np.ndarray, fov_mm: np.ndarray, what: str = "label map") -> None:
-    """Refuse a label map far from the model's field of view (wrong units, a whole-body map, a tiny crop)."""
-    extent = np.array(volume.shape[::-1]) * volume.spacing
-    limit = 2.0 * float(np.max(fov_mm))
-    if np.any(extent > limit):
-        raise BadInputError(
-            f"the {what} covers {' x '.join(f'{e:.0f}' for e in extent)} mm, far more than the model's field of view "
-            f"({' x '.join(f'{f:.0f}' for f in fov_mm)} mm)", f"crop it around the heart (at most {limit:.0f} mm per axis)")
-    idx = np.argwhere(labels > 0)
-    lo, hi = idx.min(axis=0), idx.max(axis=0)
-    corners = np.array([[i, j, k] for i in (lo[2], hi[2]) for j in (lo[1], hi[1]) for k in (lo[0], hi[0])], dtype=float)
-    ras = volume.ijk_to_ras_points(corners)
-    heart_mm = float(np.max(ras.max(axis=0) - ras.min(axis=0))) + float(volume.spacing.min())
+#: Labelled structures wider than this are not a heart in millimetres (the voxel spacing is in other units).
+MAX_LABELLED_SPAN_MM = 600.0
+
+
+def check_field_of_view(volume: Volume, labels: np.ndarray, fov_mm: np.ndarray, what: str = "label map") -> np.ndarray:
+    """Refuse a label map whose labelled structures cannot be a heart in mm (wrong units, a tiny crop); return
+    their physical span (mm along the patient axes, i j k). Any span larger than the model's field of view is
+    synthesised by overlapping windows (:func:`.synthesis.low_resolution`)."""
+    lo, hi = labelled_box(volume, labels)
+    span = hi - lo
+    heart_mm = float(np.max(span))
     if heart_mm < 0.25 * float(np.min(fov_mm)):
         raise BadInputError(
             f"the labelled heart in the {what} is only {heart_mm:.1f} mm across; the model expects a heart of about "
             f"{0.6 * float(np.min(fov_mm)):.0f} mm in a {float(np.min(fov_mm)):.0f} mm field of view",
             "check the voxel spacing of the file (mm, not cm or m)")
-    if heart_mm > 1.5 * float(np.max(fov_mm)):
+    if heart_mm > MAX_LABELLED_SPAN_MM:
         raise BadInputError(
-            f"the labelled structures in the {what} span {heart_mm:.0f} mm, more than the model's field of view "
-            f"({float(np.max(fov_mm)):.0f} mm)", "check the voxel spacing, or label only the heart and coronaries")
+            f"the labelled structures in the {what} span {' x '.join(f'{e:.0f}' for e in span)} mm (patient axes), "
+            f"more than any heart and its great vessels ({MAX_LABELLED_SPAN_MM:.0f} mm)",
+            "check the voxel spacing of the file (mm, not 0.1 mm), or label only the heart and coronaries")
+    return span

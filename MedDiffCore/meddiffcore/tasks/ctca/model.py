@@ -26,7 +26,7 @@ from ...errors import ModelError
 from ...models import ModelCard, load_model
 from ...nets import UNet, UNetConfig
 from .config import HU_WINDOW, CTCAConfig
-from .labels import NUM_CLASSES, label_table, one_hot
+from .labels import NUM_CLASSES, label_names, label_table, one_hot
 
 TASK = "ctca"
 
@@ -91,7 +91,7 @@ def model_card(config: CTCAConfig) -> ModelCard:
         diffusion={"schedule": schedule_of(config).to_dict(), "prediction": "eps", "learned_variance": True,
                    "loss": "hybrid", "vb_weight": d.vb_weight, "cond_drop_prob": d.cond_drop_prob,
                    "sampler": d.sampler, "steps": d.steps, "guidance": d.guidance},
-        task_config={"stage": config.stage, "labels": label_table(), "hu_window": list(HU_WINDOW),
+        task_config={"stage": config.stage, "labels": label_table(), "label_names": label_names(), "hu_window": list(HU_WINDOW),
                      "spacing_mm": config.data.spacing_mm, "shape": list(config.data.shape),
                      "crop": None if config.data.crop is None else list(config.data.crop),
                      "reference_spacing_mm": config.data.reference_spacing_mm if config.stage == "patch" else None,

@@ -5,7 +5,7 @@ For every case (matched by the file name up to its first dot: ``12.img.nii.gz``,
 TotalSegmentator ``heartchambers_highres`` order, or mapped with a mapping file)
 and the coronary label (any non-zero value -> 8) are joined on the image grid,
 then image and labels are resampled to a fixed isotropic spacing on a fixed
-shape centred on the labelled heart (crop or pad; padding is -1024 HU and
+shape on the patient axes, centred on the labelled heart's physical box (crop or pad; padding is -1024 HU and
 background). Images stay in HU (int16); the fixed window of
 :data:`.config.HU_WINDOW` is applied at training time and recorded in the card.
 
@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import BadInputError
 from ...io import VOLUME_EXTENSIONS, Volume, read_volume, write_volume
 from .config import HU_WINDOW
-from .grid import centred_grid, resample, resample_labels
+from .grid import centred_grid, labelled_box, patient_axes, resample, resample_labels
 from .labels import CORONARY, label_table, load_mapping, to_label_array
 
 
@@ -67,10 +67,9 @@ def prepare(images: str | Path, coronary: str | Path, heart: str | Path, out: st
     for case in cases:
         image = read_volume(image_files[case])
         labels = join_labels(read_volume(heart_files[case]), read_volume(cor_files[case]), image, mapping)
-        idx = np.argwhere(labels > 0)
-        centre_kji = (idx.min(axis=0) + idx.max(axis=0)) / 2.0
-        centre = image.ijk_to_ras_points([centre_kji[::-1]])[0]
-        grid = centred_grid(image.direction, centre, spacing_mm, shape)
+        axes = patient_axes(image.direction)  # the crop is on patient axes, centred in physical space
+        lo, hi = labelled_box(image, labels, axes)
+        grid = centred_grid(axes, axes @ ((lo + hi) / 2.0), spacing_mm, shape)
         ct = resample(image.array.astype(np.float32), image.ijk_to_ras, grid, shape, order=1, mode="constant", cval=-1024.0)
         lab = resample_labels(labels, image.ijk_to_ras, grid, shape)
         write_volume(Volume(np.clip(np.round(ct), -1024, 3071).astype(np.int16), grid), out / "images" / f"{case}.nii.gz")

@@ -1,9 +1,12 @@
 """The ``ctca.synthesize`` job (CLI ``meddiff synthesize`` and the engine worker).
 
-Inputs: ``labels`` (a label file, or a folder of them for a batch) and optionally
-``label_mapping`` (JSON/CSV, see :mod:`.labels`). Outputs: ``volume`` (a file, or
-a folder for a batch), optionally ``preview`` (PNG; a folder for a batch).
-Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``.
+Inputs: ``labels`` (a label file, a folder holding one DICOM series, or a folder of
+label files for a batch) and optionally ``label_mapping`` (JSON/CSV, see :mod:`.labels`).
+Outputs: ``volume`` (a file; a folder for a batch; for a DICOM series input, a name
+without a volume extension is a new DICOM series folder in the input's study),
+optionally ``preview`` (PNG; a folder for a batch).
+Params: ``steps``, ``sampler``, ``guidance``, ``samples``, ``hr_model``, ``patch``, ``series`` (the DICOM
+series UID to read from a folder that holds several).
 Everything is validated before sampling starts, and files are written only
 after every volume is done, so a failure leaves no output and never touches
 the input.
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 from ...errors import BadInputError, ConfigError
@@ -24,36 +29,70 @@ DEFAULT_MODEL = "ctca-demo"
 MIN_AXIS = 8
 
 
-def read_label_volume(path: Path, mapping: dict[int, int] | None) -> Volume:
-    """Read and validate one label map; returns a Volume of uint8 values of our table."""
-    from ...io import read_volume
-    from .labels import to_label_array
+def read_label_volume(path: Path, mapping: dict[int | str, int] | None, series_uid: str | None = None) -> Volume:
+    """Read and validate one label map; returns a Volume of uint8 values of our table.
+
+    A Slicer segmentation (``.seg.nrrd``, or an NRRD whose header names segments) is mapped segment by segment
+    BY NAME (:func:`.labels.segmentation_labels`), never by its stored label values or segment order.
+    """
+    from ...io import is_segmentation_file, read_segmentation, read_volume
+    from .labels import segmentation_labels, to_label_array
 
     try:
-        volume = read_volume(path)
+        volume = None if is_segmentation_file(path) else read_volume(path, series_uid=series_uid)
+        named_segments = volume is None or "Segment0_Name" in volume.metadata.get("nrrd_keyvalues", {})
+        segmentation = read_segmentation(path) if named_segments else None
     except BadInputError as exc:
         raise BadInputError(f"label map '{path}': {exc.message}", exc.hint) from exc
-    if min(volume.shape) < MIN_AXIS:
-        raise BadInputError(f"label map '{path}' has shape {volume.shape}: a 2D image or a thin slab, not a 3D label map",
+    labels, ijk_to_ras = None, (segmentation or volume).ijk_to_ras
+    if segmentation is not None:
+        labels = segmentation_labels(segmentation, mapping, what=f"segmentation '{path.name}'")
+    shape = labels.shape if labels is not None else volume.shape
+    if min(shape) < MIN_AXIS:
+        if volume is not None and volume.metadata.get("dicom_single_file"):
+            raise BadInputError(f"label map '{path}' is one DICOM file ({' x '.join(map(str, shape))} voxels), not a "
+                                "3D label map", "pass the folder that holds the whole DICOM series")
+        raise BadInputError(f"label map '{path}' has shape {shape}: a 2D image or a thin slab, not a 3D label map",
                             f"pass a 3D label map at least {MIN_AXIS} voxels along every axis")
-    labels = to_label_array(volume.array, mapping, what=f"label map '{path.name}'")
-    return Volume(labels, volume.ijk_to_ras, {"source": str(path)})
+    if labels is None:
+        labels = to_label_array(volume.array, mapping, what=f"label map '{path.name}'")
+    return Volume(labels, ijk_to_ras, {"source": str(path)})
 
 
-def _label_files(path: Path) -> list[Path]:
+def _label_files(path: Path) -> tuple[list[Path], bool]:
+    """(label maps, batch?): a file, a folder holding one DICOM series (ONE volume), or a folder of label files
+    (a batch: what the user asks for by passing such a folder). DICOM files are never a batch of slices."""
+    from ...io import is_dicom_file, is_dicom_folder
+
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS)
+                       and not is_dicom_file(p))
+        if is_dicom_folder(path):
+            if files:
+                raise BadInputError(f"label folder '{path}' mixes DICOM files with other label files ({files[0].name}...)",
+                                    "put the DICOM series in a folder of its own (it is read as one volume), "
+                                    "and the label files for a batch in another")
+            return [path], False
         if not files:
             raise BadInputError(f"label folder '{path}' holds no volume files", f"put {', '.join(VOLUME_EXTENSIONS)} files in it")
-        return files
+        return files, True
     if not path.exists():
         raise BadInputError(f"label map '{path}' does not exist", "check the path given to --labels")
-    return [path]
+    return [path], False
 
 
-def _check_output(path: Path, inputs: list[Path]) -> None:
+def _dicom_output(path: Path, inputs: list[Path], batch: bool) -> bool:
+    """A DICOM series in: an output named without a volume extension is a new DICOM series folder (same study)."""
+    return not batch and inputs[0].is_dir() and split_extension(path.name)[1].lower() not in VOLUME_WRITE_EXTENSIONS
+
+
+def _check_output(path: Path, inputs: list[Path], dicom: bool = False) -> None:
     _, ext = split_extension(path.name)
-    if ext.lower() not in VOLUME_WRITE_EXTENSIONS:
+    if dicom:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f"output '{path}' exists and is not an empty folder",
+                              "name a new folder for the DICOM series (or a .nii.gz/.nrrd file)")
+    elif ext.lower() not in VOLUME_WRITE_EXTENSIONS:
         raise ConfigError(f"output '{path}' has an unsupported extension '{ext}'", f"use one of {', '.join(VOLUME_WRITE_EXTENSIONS)}")
     if not path.parent.is_dir():
         raise ConfigError(f"output folder '{path.parent}' does not exist", "create it first")
@@ -61,10 +100,10 @@ def _check_output(path: Path, inputs: list[Path]) -> None:
         raise ConfigError(f"output '{path}' is the input label map", "write the CT to another file; inputs are never overwritten")
 
 
-def _plan(job, files: list[Path], samples: int) -> list[list[Path]]:
+def _plan(job, files: list[Path], samples: int, batch: bool) -> list[list[Path]]:
     """Output paths per input file (one per sample)."""
     out = Path(job.outputs["volume"])
-    if len(files) == 1 and not Path(job.inputs["labels"]).is_dir():
+    if not batch:
         paths = [numbered_paths(out, samples)]
     else:
         if out.exists() and not out.is_dir():
@@ -80,7 +119,7 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     import torch
 
     from ...devices import resolve_device
-    from ...io import write_volume
+    from ...io import write_dicom_series, write_volume
     from ...preview import CT_ANGIO, write_preview
     from .grid import check_field_of_view
     from .labels import load_mapping
@@ -109,21 +148,27 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     )
     mapping = load_mapping(job.inputs["label_mapping"]) if job.inputs.get("label_mapping") else None
 
-    files = _label_files(Path(job.inputs["labels"]))
+    files, batch = _label_files(Path(job.inputs["labels"]))
+    series = job.params.get("series")
+    if series is not None and (batch or not files[0].is_dir()):
+        raise ConfigError("--series picks one DICOM series of a folder", "pass the folder that holds the series as --labels")
     labels = []
     for f in files:
-        volume = read_label_volume(f, mapping)
-        check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
+        volume = read_label_volume(f, mapping, series)
+        span = check_field_of_view(volume, volume.array, model.fov_mm, what=f"label map '{f.name}'")
+        if np.any(span > model.fov_mm[::-1]):
+            reporter.log(f"label map '{f.name}': labelled structures span {' x '.join(f'{e:.0f}' for e in span)} mm, "
+                         f"more than the model's {' x '.join(f'{v:.0f}' for v in model.fov_mm[::-1])} mm field of "
+                         "view: synthesised in overlapping windows at the model's resolution")
         labels.append(volume)
-    plan = _plan(job, files, samples)
-    batch = len(plan) > 1 or Path(job.inputs["labels"]).is_dir()
+    plan = _plan(job, files, samples, batch)
     for group in plan:
         for p in group:
             if batch:
                 if p.parent.exists() and not p.parent.is_dir():
                     raise ConfigError(f"output '{p.parent}' is not a folder", "pass --out FOLDER")
             else:
-                _check_output(p, files)
+                _check_output(p, files, _dicom_output(p, files, batch))
     preview = job.outputs.get("preview")
     if preview and not batch and not Path(preview).parent.is_dir():
         raise ConfigError(f"preview folder '{Path(preview).parent}' does not exist", "create it first")
@@ -153,7 +198,10 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     for i, (path, ct) in enumerate(results):
         if batch:
             path.parent.mkdir(parents=True, exist_ok=True)
-        write_volume(ct, path)
+        if _dicom_output(path, files, batch):
+            write_dicom_series(ct, path, reference=files[0], description=f"MedDiff synthetic CT ({model.card.name})")
+        else:
+            write_volume(ct, path)
         outputs["volume" if len(results) == 1 else f"volume_{i + 1}"] = str(path)
     if preview:
         if batch:

@@ -59,15 +59,32 @@ def _sample(denoiser, shape, segmap: torch.Tensor, settings: SynthesisSettings, 
 
 
 def low_resolution(model: CTCAModel, labels: Volume, settings: SynthesisSettings, generator, device,
-                   callback: Callable | None = None, record: SynthesisRecord | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sample the LR stage on a grid covering ``labels``; returns (ijk_to_ras, (D, H, W) array in [-1, 1])."""
+                   callback: Callable | None = None, record: SynthesisRecord | None = None,
+                   max_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample the LR stage on a grid covering ``labels``; returns (ijk_to_ras, (D, H, W) array in [-1, 1]).
+
+    A grid larger than the model's field of view (a whole-heart map with the aorta and pulmonary artery) is
+    sampled as ONE volume whose every denoising step runs the network on overlapping windows of the model's own
+    size and resolution and blends them (:class:`.patches.PatchedDenoiser`, as the high-resolution stage does),
+    so neighbouring windows agree at every step and no seam forms."""
     ijk_to_ras, shape = synthesis_grid(labels, model.spacing_mm, model.net.config.size_multiple)
     lab = resample_labels(labels.array, labels.ijk_to_ras, ijk_to_ras, shape)
     segmap = condition(lab, "lr")[None].to(device)
-    x = _sample(model.denoiser(settings.guidance), (1, 1) + shape, segmap, settings, model.schedule, generator, device, callback)
+    denoiser = model.denoiser(settings.guidance)
+    stage = {"stage": "lr", "grid": list(shape), "spacing_mm": model.spacing_mm}
+    window = tuple(min(w, n) for w, n in zip(model.shape, shape))
+    if window != tuple(shape):
+        overlap = tuple(max(1, int(round(w * settings.overlap_fraction))) for w in window)
+        _, auto_batch = choose_patching(window, window, model.net.config.size_multiple, device,
+                                        activation_bytes_per_voxel(model, settings.guidance))
+        denoiser = PatchedDenoiser(denoiser, window, overlap, max_batch or auto_batch)
+        stage.update(window=list(window), overlap=list(overlap), windows=len(denoiser.regions(shape)))
+    x = _sample(denoiser, (1, 1) + shape, segmap, settings, model.schedule, generator, device, callback)
     if record is not None:
         record.network_evaluations += network_evaluations(settings.sampler, settings.steps)
-        record.stages.append({"stage": "lr", "grid": list(shape), "spacing_mm": model.spacing_mm})
+        if isinstance(denoiser, PatchedDenoiser):
+            stage["network_calls"] = denoiser.calls
+        record.stages.append(stage)
     return ijk_to_ras, x[0, 0].float().cpu().numpy()
 
 

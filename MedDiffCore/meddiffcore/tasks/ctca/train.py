@@ -20,6 +20,12 @@ class CTCATask:
     def build_network(self, config: CTCAConfig) -> UNet:
         return build_network(config)
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
+        from ...nets import UNetConfig
+
+        return UNet(UNetConfig.from_dict(card.network))
+
     def build_dataset(self, config: CTCAConfig) -> CTCADataset:
         return CTCADataset(config)
 

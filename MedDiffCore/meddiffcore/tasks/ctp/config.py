@@ -32,15 +32,23 @@ def window_bounds(level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU
     return level - width / 2.0, level + width / 2.0
 
 
-def hu_to_model(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU) -> np.ndarray:
-    """HU -> [-1, 1] through the fixed window (values outside are clipped)."""
+def hu_to_model(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU,
+                margin: float = 0.0) -> np.ndarray:
+    """HU -> [-1, 1] through the fixed window. Values outside it are clipped to its edges (air and bone, as in
+    training: the seed's clipping), except those within ``margin`` x width of an edge, which are kept (noise
+    around a tissue near an edge, which clipping would bias; see ``inpaint.KNOWN_MARGIN``)."""
     lo, hi = window_bounds(level, width)
-    return (np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+    m = margin * width
+    hu = np.asarray(hu, dtype=np.float32)
+    near = (hu >= lo - m) & (hu <= hi + m)
+    return (np.where(near, hu, np.clip(hu, lo, hi)) - lo) / (hi - lo) * 2.0 - 1.0
 
 
-def model_to_hu(x: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU) -> np.ndarray:
+def model_to_hu(x: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU,
+                margin: float = 0.0) -> np.ndarray:
     lo, hi = window_bounds(level, width)
-    return (np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+    m = 2.0 * margin
+    return (np.clip(np.asarray(x, dtype=np.float32), -1.0 - m, 1.0 + m) + 1.0) / 2.0 * (hi - lo) + lo
 
 
 def default_network() -> UNetConfig:
@@ -52,6 +60,9 @@ def default_network() -> UNetConfig:
 
 #: How a missing frame is produced: the posterior mean (one network evaluation) or a sample (the sampler).
 ESTIMATES = ("mean", "sample")
+
+#: What the diffusion variable is: the scaled residual from the linear interpolation, or the frame itself.
+DIFFUSION_TARGETS = ("residual", "frame")
 
 
 @dataclass
@@ -71,6 +82,11 @@ class CTPDiffusionConfig:
     be predicted) and gives the best PSNR and perfusion maps. ``"sample"`` draws a
     frame with ``sampler`` and ``sampling_steps``: realistic noise texture,
     higher error.
+
+    ``target`` says what the diffusion variable is: ``"residual"`` (above; MedDiff's
+    models) or ``"frame"`` (the frame itself in window units, as the CTP authors'
+    released network was trained; ``residual_scale`` is then unused). ``clip_x0``
+    clamps every x0 estimate to [-1, 1] as the authors' sampler does.
     """
 
     schedule: dict = field(default_factory=lambda: sr3_linear_schedule().to_dict())
@@ -81,12 +97,16 @@ class CTPDiffusionConfig:
     mean_fraction: float = 0.5
     sampler: str = "dpmpp_2m"
     sampling_steps: int = 20
+    target: str = "residual"
+    clip_x0: bool = False
     peak_margin_s: float = 2.0
     """A target within this many seconds of the (estimated) bolus peak is in the 'peak' phase."""
 
     def __post_init__(self) -> None:
         if self.estimate not in ESTIMATES:
             raise ConfigError(f"unknown estimate {self.estimate!r}", f"use one of {', '.join(ESTIMATES)}")
+        if self.target not in DIFFUSION_TARGETS:
+            raise ConfigError(f"unknown diffusion target {self.target!r}", f"use one of {', '.join(DIFFUSION_TARGETS)}")
         if not 0.0 <= self.mean_fraction < 1.0:
             raise ConfigError(f"mean_fraction must be in [0, 1), got {self.mean_fraction}", "use e.g. 0.5")
         if not self.residual_scale > 0:

@@ -16,6 +16,10 @@ the missing frames are filled by the model and by linear interpolation, and
   the mean of the relative MAEs of CBF, CBV and MTT (Tmax stays in seconds); the
   same for the true 1 s sequence as the reference.
 
+* the mean bias (HU) of the filled frames against the noise-free ones in each tissue class (CSF, grey and
+  white matter), next to that of the kept (acquired) frames, which is only their noise's mean: a filled
+  frame biased by tissue puts a step into the mean time-density curve at every acquired frame.
+
 Two bounds put the figures in proportion. The acquired frames carry noise no
 method can predict, so even the noise-free frames themselves ("oracle": the
 missing frames replaced by the phantom's noise-free ones, the known frames kept
@@ -37,7 +41,7 @@ from meddiffcore.metrics import psnr, ssim
 
 from .config import tissue_mask, window_bounds
 from .perfusion import compute_perfusion, map_errors
-from .phantom import make_ctp_phantom
+from .phantom import LABELS, make_ctp_phantom
 from .plan import make_plan
 
 MAPS = ("cbf", "cbv", "mtt", "tmax")
@@ -64,13 +68,24 @@ def _frame_metrics(truth: np.ndarray, clean: np.ndarray, filled: np.ndarray, mas
             "ssim_noise_free": float(np.mean([ssim(a, b, rng) for a, b in zip(c, f)]))}
 
 
+#: Tissue classes whose mean bias is reported (label values of the phantom's tissue map).
+BIAS_TISSUES = {k: LABELS[k].replace(" ", "_") for k in (2, 3, 4)}  # csf, grey_matter, white_matter
+
+
+def tissue_bias(frames: np.ndarray, clean: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean of ``frames - clean`` (HU) over the voxels of each tissue class in ``BIAS_TISSUES``, all frames pooled."""
+    return {name: float(np.mean((frames - clean)[:, labels == k])) for k, name in BIAS_TISSUES.items()
+            if np.any(labels == k)}
+
+
 METHODS = ("model", "linear", "oracle")
 FRAME_FIGURES = ("psnr", "ssim", "psnr_tissue", "psnr_noise_free", "ssim_noise_free", "map_relative_error")
 
 
 def evaluate(model_ref: str | None = None, *, phantoms: int = 2, size: int = 64, intervals=(2, 4, 8),
              steps: int | None = None, sampler: str | None = None, estimate: str | None = None,
-             device: str = "auto", seed: int = 0, log: Callable[[str], None] = lambda m: None) -> dict:
+             device: str = "auto", seed: int = 0, noise_hu: float | None = None,
+             log: Callable[[str], None] = lambda m: None) -> dict:
     import torch
 
     from meddiffcore.devices import resolve_device
@@ -88,7 +103,7 @@ def evaluate(model_ref: str | None = None, *, phantoms: int = 2, size: int = 64,
     rows: dict[int, list[dict]] = {iv: [] for iv in intervals}
     reference = []
     for k in range(phantoms):
-        ph = make_ctp_phantom(k, slices=model.slab_slices, size=size)
+        ph = make_ctp_phantom(k, slices=model.slab_slices, size=size, noise_hu=noise_hu)
         hu, times, clean = ph.sequence.array, ph.sequence.times_s, ph.noise_free
         truth = {"cbf": ph.cbf, "cbv": ph.cbv, "mtt": ph.mtt, "tmax": ph.tmax}
         region = ph.perfused
@@ -110,12 +125,14 @@ def evaluate(model_ref: str | None = None, *, phantoms: int = 2, size: int = 64,
                    "network_evaluations": stats["network_evaluations"]}
             for name, frames in zip(METHODS, (filled, linear, clean[idx])):
                 row[name] = _frame_metrics(hu[idx], clean[idx], frames, mask, lo, hi)
+                row[name]["bias_hu"] = tissue_bias(frames, clean[idx], ph.labels)
                 if name == "oracle":  # infinite and 1 by definition
                     del row[name]["psnr_noise_free"], row[name]["ssim_noise_free"]
                 seq = Sequence(assemble(sparse, plan, frames), ph.sequence.ijk_to_ras, plan.times_s)
                 errors = map_errors(compute_perfusion(seq).as_dict(), truth, region)
                 row[name]["map_mae"] = errors
                 row[name]["map_relative_error"] = _relative(errors, means)
+            row["kept_bias_hu"] = tissue_bias(sparse, clean[known], ph.labels)
             full = Sequence(hu[:n_use], ph.sequence.ijk_to_ras, times[:n_use])
             ref = map_errors(compute_perfusion(full).as_dict(), truth, region)
             row["full_1s"] = {"map_mae": ref, "map_relative_error": _relative(ref, means)}
@@ -139,6 +156,8 @@ def evaluate(model_ref: str | None = None, *, phantoms: int = 2, size: int = 64,
         for name in METHODS:
             s[name] = {m: round(mean((name, m)), 4) for m in FRAME_FIGURES if m in rs[0][name]}
             s[name]["map_mae"] = {m: round(mean((name, "map_mae", m)), 4) for m in MAPS}
+            s[name]["bias_hu"] = {t: round(mean((name, "bias_hu", t)), 3) for t in rs[0][name]["bias_hu"]}
+        s["kept_bias_hu"] = {t: round(mean(("kept_bias_hu", t)), 3) for t in rs[0]["kept_bias_hu"]}
         s["full_1s"] = {"map_relative_error": round(mean(("full_1s", "map_relative_error")), 4),
                         "map_mae": {m: round(mean(("full_1s", "map_mae", m)), 4) for m in MAPS}}
         s["psnr_gain_db"] = round(s["model"]["psnr"] - s["linear"]["psnr"], 3)
@@ -148,11 +167,12 @@ def evaluate(model_ref: str | None = None, *, phantoms: int = 2, size: int = 64,
         s["network_evaluations"] = int(mean(("network_evaluations",)))
         summary[f"{iv}s"] = s
     return {"model": model.card.name, "phantom_seeds": reference, "size": [model.slab_slices, size, size],
+            "noise_hu": "1-3 (drawn per phantom)" if noise_hu is None else noise_hu,
             "estimate": estimate, "sampler": sampler, "steps": steps, "device": str(dev), "summary": summary,
             "per_phantom": {f"{iv}s": rs for iv, rs in rows.items()},
             "command": f"meddiff evaluate ctp --model {model_ref or DEFAULT_MODEL} --phantoms {phantoms} --size {size} "
                        f"--intervals {','.join(map(str, intervals))} --estimate {estimate} --steps {steps} --sampler {sampler} "
-                       f"--seed {seed}"}
+                       f"--seed {seed}" + ("" if noise_hu is None else f" --noise-hu {noise_hu:g}")}
 
 
 def format_report(result: dict) -> str:
@@ -175,6 +195,12 @@ def format_report(result: dict) -> str:
                      f"{m['ssim']:.4f}/{li['ssim']:.4f} [{m['ssim_noise_free']:.4f}/{li['ssim_noise_free']:.4f}] "
                      f"{m['map_relative_error']:>14.3f} {li['map_relative_error']:>7.3f} "
                      f"{o['map_relative_error']:>7.3f} {s['full_1s']['map_relative_error']:>6.3f} {s['map_error_ratio']:>6.2f}")
+    lines.append("mean bias (HU) against the noise-free frames, per tissue: filled by the model / by linear "
+                 "interpolation / the kept (acquired) frames")
+    for iv, s in result["summary"].items():
+        if "bias_hu" in s["model"]:
+            lines.append(f"  {iv} " + ", ".join(f"{t} {s['model']['bias_hu'][t]:+.3f} / {s['linear']['bias_hu'][t]:+.3f}"
+                                                f" / {s['kept_bias_hu'][t]:+.3f}" for t in s["model"]["bias_hu"]))
     for iv, s in result["summary"].items():
         for name in (*METHODS, "full_1s"):
             mae = s[name]["map_mae"]

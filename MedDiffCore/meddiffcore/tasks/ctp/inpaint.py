@@ -28,11 +28,46 @@ import torch
 from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluations
 
 from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
-from .model import LoadedModel, denoiser_for, linear_between
+from . import authors
+from .authors import uses_authors_rules
+from .model import LoadedModel, denoiser_for, in_plane_padding, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
-#: Default number of (frame, slab) items sampled together.
+#: How far (a fraction of the window width) values may lie beyond the window and still be seen by the
+#: network, and be filled by it, at inference. With none (the seed's clipping), a known frame's noise is
+#: clipped at the window's edges: CSF at 8 HU in a window from 0 HU loses its negative noise, so the
+#: network sees it too bright and fills it too bright, and the voxels whose noise did cross the edge fall
+#: back to the line, so the switch itself selects on the noise; both bias the filled frames by tissue.
+KNOWN_MARGIN = 0.25
+#: The same for the network's input: a known value within this margin of the window is kept, one further out
+#: (air, bone, a contrast-filled artery) is clipped to the window's edge, as the network saw it in training.
+INPUT_MARGIN = KNOWN_MARGIN
+
+#: Most (frame, slab) items sampled together when the batch is chosen from free memory.
 DEFAULT_BATCH = 8
+#: Share of the free memory (GPU, or main memory on the CPU) a chosen batch may fill.
+MEMORY_SHARE = 0.5
+
+
+def bytes_per_item(config, slab_shape: tuple[int, int, int]) -> float:
+    """A generous estimate of the inference memory of one (frame, slab) item of ``slab_shape`` (z, y, x).
+
+    Measured for the demo network (base 24 channels): 1300-1800 bytes per voxel at 8 x 128^2 to 8 x 256^2
+    (peak resident memory per item); this estimate is 16 float32 values per voxel per base channel
+    (1536 bytes at base 24).
+    """
+    voxels = float(np.prod(slab_shape))
+    return 4.0 * 16 * config.base_channels * config.channel_mult[0] * voxels
+
+
+def choose_batch(config, slab_shape: tuple[int, int, int], device: torch.device, items: int) -> int:
+    """Items per batch: as many as ``MEMORY_SHARE`` of the free memory holds, at most ``DEFAULT_BATCH`` and the
+    number of items, at least 1; ``DEFAULT_BATCH`` where the free memory is unknown."""
+    from meddiffcore.devices import free_memory_bytes
+
+    free = free_memory_bytes(device)
+    fit = DEFAULT_BATCH if free is None else int(MEMORY_SHARE * free // bytes_per_item(config, slab_shape))
+    return max(1, min(DEFAULT_BATCH, items, fit))
 
 
 def slab_starts(n_slices: int, slab: int, overlap: int | None = None) -> list[int]:
@@ -64,23 +99,26 @@ def slab_weights(slab: int, start: int, n_slices: int, starts: list[int]) -> np.
     return w
 
 
-def sampling_sigmas(diffusion, steps: int) -> torch.Tensor:
-    """The model's sampling sigmas for ``steps`` steps (descending, ending at 0)."""
-    return diffusion.noise_schedule().sampling_sigmas(steps)
+def sampling_sigmas(diffusion, steps: int, spacing: str | None = None) -> torch.Tensor:
+    """The model's sampling sigmas for ``steps`` steps (descending, ending at 0; ``spacing`` as
+    :meth:`~meddiffcore.diffusion.NoiseSchedule.sampling_sigmas`, ``"uniform"`` for the authors' sampler)."""
+    return diffusion.noise_schedule().sampling_sigmas(steps, spacing)
 
 
 def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
                     weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
-                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None
-                    ) -> torch.Tensor:
+                    generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
+                    spacing: str | None = None, margin: float = 0.0) -> torch.Tensor:
     """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
 
     The linear interpolation plus the residual the model gives: its posterior
     mean (``estimate="mean"``: the denoiser at the top of the schedule, one
-    evaluation) or a sample drawn with ``sampler`` in ``steps`` steps.
+    evaluation) or a sample drawn with ``sampler`` in ``steps`` steps. A model whose
+    diffusion variable is the frame itself (``diffusion.target == "frame"``, the
+    CTP authors') gives the frame directly, within the window as it was trained.
     """
     denoiser = denoiser_for(net, diffusion)
-    sigmas = sampling_sigmas(diffusion, steps).to(known.device)
+    sigmas = sampling_sigmas(diffusion, steps, spacing).to(known.device)
     shape = (known.shape[0], 1, *known.shape[2:])
     x = initial_noise(shape, sigmas, generator, device=known.device)
     cond = {"concat": known, "embedding": context}
@@ -91,7 +129,10 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
             callback({"i": 0})
     else:
         residual = get_sampler(sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond=cond)
-    return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-1, 1)
+    if diffusion.target == "frame":
+        return residual.clamp(-1, 1)
+    bound = 1.0 + 2.0 * margin
+    return (linear_between(known, weight) + residual / diffusion.residual_scale).clamp(-bound, bound)
 
 
 def evaluations_per_batch(estimate: str, sampler: str, steps: int) -> int:
@@ -107,31 +148,43 @@ def peak_time(seq_hu: np.ndarray, times_s: np.ndarray, known: list[int], mask: n
 
 def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model: LoadedModel, *, steps: int,
                    sampler: str, device: torch.device, estimate: str | None = None,
-                   generator: torch.Generator | None = None, batch_size: int = DEFAULT_BATCH,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
+                   generator: torch.Generator | None = None, batch_size: int | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None, spacing: str | None = None) -> tuple[np.ndarray, dict]:
     """Synthesize ``plan.targets`` of the HU sequence ``hu`` (T, Z, Y, X).
 
     ``estimate`` is ``"mean"`` or ``"sample"`` (default: the model card's).
     Returns the (n_targets, Z, Y, X) float32 HU frames and run statistics
     (network evaluations, batches). ``progress(step, total)`` is called after
-    every network step.
+    every network step. ``batch_size`` None chooses it from the free memory
+    (:func:`choose_batch`); a batch that runs out of memory anyway is halved and
+    run again (said through ``log``), and only a single item that does not fit
+    is an OutOfMemoryError (its hint: free memory, a bigger GPU, a smaller crop).
     """
     estimate = estimate or model.diffusion.estimate
     level, width = model.window_level_hu, model.window_width_hu
     lo, hi = window_bounds(level, width)
     n_z, n_y, n_x = hu.shape[1:]
     first = hu[plan.known[0]]
-    mask = tissue_mask(first, level, width)
-    plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     slab = model.slab_slices
-    mult = model.net.config.size_multiple
+    if uses_authors_rules(model.card.task_config):
+        # The authors' model sees their window clipped (margin 0): it was trained on it and gives frames within it.
+        margin = input_margin = 0.0
+        mask = authors.tissue_mask(hu[plan.known], level, width)
+        plan = authors.with_authors_phases(plan, times_s, authors.peak_time(hu[plan.known], times_s[plan.known],
+                                                                           level, width))
+    else:
+        margin, input_margin = KNOWN_MARGIN, INPUT_MARGIN
+        mask = tissue_mask(first, level, width * (1.0 + 2.0 * KNOWN_MARGIN))
+        plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     pad_z = max(0, slab - n_z)
-    pad_y, pad_x = (-n_y) % mult[1], (-n_x) % mult[2]
+    pad_y, pad_x = in_plane_padding(model.net, max(n_z, slab), n_y, n_x)
     zs = n_z + pad_z
     starts = slab_starts(zs, slab)
 
     needed = sorted({k for g in plan.targets for k in (g.left, g.right)})
-    padded = {k: np.pad(hu_to_model(hu[k], level, width), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
+    lo, hi = lo - margin * width, hi + margin * width  # where the network fills (see KNOWN_MARGIN)
+    padded = {k: np.pad(hu_to_model(hu[k], level, width, input_margin), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
               for k in needed}
 
     items = [(ti, s) for ti in range(len(plan.targets)) for s in starts]
@@ -139,31 +192,46 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     wsum = np.zeros(zs, np.float32)
     for s in starts:
         wsum[s:s + slab] += slab_weights(slab, s, zs, starts)
-    n_batches = (len(items) + batch_size - 1) // batch_size
-    steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps)) - 1
-    total = n_batches * steps_per_batch
-    for b in range(n_batches):
-        chunk = items[b * batch_size:(b + 1) * batch_size]
-        targets = [plan.targets[ti] for ti, _ in chunk]
-        known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
-                          for g, (_, s) in zip(targets, chunk)])
-        ctx = np.stack([context_vector(g.left_gap_s, g.right_gap_s, g.phase) for g in targets])
-        weight = np.array([g.left_gap_s / (g.left_gap_s + g.right_gap_s) for g in targets], np.float32)
+    steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps, spacing)) - 1
+    slab_shape = (slab, n_y + pad_y, n_x + pad_x)
+    chosen = batch_size is None
+    batch = choose_batch(model.net.config, slab_shape, device, len(items)) if chosen else int(batch_size)
+    done_items, n_batches, step = 0, 0, 0
+    while done_items < len(items):
+        chunk = items[done_items:done_items + batch]
+        total = step + steps_per_batch * -(-(len(items) - done_items) // batch)
 
-        def callback(info, b=b):
+        def callback(info, s0=step, t=total):
             if progress is not None:
-                progress(b * steps_per_batch + int(info["i"]) + 1, total)
+                progress(s0 + int(info["i"]) + 1, t)
 
-        with torch.inference_mode():
-            out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
-                                  torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
-                                  estimate=estimate, sampler=sampler, steps=steps, generator=generator,
-                                  callback=callback)
-        out = out[:, 0].float().cpu().numpy()
+        try:
+            out = _estimate_chunk(model, chunk, plan, padded, slab, device, estimate=estimate, sampler=sampler,
+                                  steps=steps, generator=generator, callback=callback, spacing=spacing,
+                                  margin=margin)
+        except (MemoryError, RuntimeError) as exc:
+            from meddiffcore.devices import is_out_of_memory, out_of_memory_error
+
+            if not is_out_of_memory(exc):
+                raise
+            if batch == 1:
+                raise out_of_memory_error(
+                    exc, f"filling one frame of a {'x'.join(map(str, slab_shape))}-voxel slab (batch size 1)",
+                    "free memory (close other programs), use a GPU with more memory, or crop the sequence "
+                    "in-plane") from exc
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch = max(1, batch // 2)
+            if log is not None:
+                log(f"a batch of {len(chunk)} items did not fit in memory; going on with {batch} at a time")
+            continue
         for (ti, s), o in zip(chunk, out):
             acc[ti, s:s + slab] += o * slab_weights(slab, s, zs, starts)[:, None, None]
+        done_items += len(chunk)
+        n_batches += 1
+        step += steps_per_batch
     acc /= wsum[None, :, None, None]
-    model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width)
+    model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width, margin)
 
     frames = linear_fill(hu, plan)
     for ti, g in enumerate(plan.targets):
@@ -172,8 +240,27 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         frames[ti] = np.where(use, model_hu[ti], frames[ti])
     stats = {"network_evaluations": evaluations_per_batch(estimate, sampler, steps) * n_batches, "batches": n_batches,
              "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
-             "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets)}
+             "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets),
+             "batch_size": batch, "batch_chosen": chosen}
     return frames, stats
+
+
+def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: InpaintPlan, padded: dict, slab: int,
+                    device: torch.device, *, estimate: str, sampler: str, steps: int,
+                    generator: torch.Generator | None, callback, spacing: str | None = None,
+                    margin: float = 0.0) -> np.ndarray:
+    """(len(chunk), slab, Y, X) frames in window units for the (target, slab start) items of ``chunk``."""
+    targets = [plan.targets[ti] for ti, _ in chunk]
+    known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
+                      for g, (_, s) in zip(targets, chunk)])
+    ctx = np.stack([context_vector(g.left_gap_s, g.right_gap_s, g.phase) for g in targets])
+    weight = np.array([g.left_gap_s / (g.left_gap_s + g.right_gap_s) for g in targets], np.float32)
+    with torch.inference_mode():
+        out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
+                              torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
+                              estimate=estimate, sampler=sampler, steps=steps, generator=generator,
+                              callback=callback, spacing=spacing, margin=margin)
+    return out[:, 0].float().cpu().numpy()
 
 
 def linear_fill(hu: np.ndarray, plan: InpaintPlan) -> np.ndarray:

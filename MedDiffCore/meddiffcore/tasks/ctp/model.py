@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from meddiffcore.config import from_dict
-from meddiffcore.diffusion import VPDenoiser, training_loss
-from meddiffcore.errors import ModelError
+from meddiffcore.diffusion import VPDenoiser, clip_x0, training_loss
+from meddiffcore.errors import BadInputError, ModelError
 from meddiffcore.models import ModelCard, load_model
 from meddiffcore.nets import UNet, UNetConfig
 
@@ -25,15 +25,52 @@ def check_network(config: UNetConfig) -> None:
                          "use a network config with these values (see meddiffcore/configs/ctp-demo.toml)")
 
 
-def denoiser_for(net: torch.nn.Module, diffusion: CTPDiffusionConfig) -> VPDenoiser:
-    """The network as a denoiser of the scaled residual, with SR3 continuous noise-level input."""
-    return VPDenoiser(net, diffusion.noise_schedule(), prediction=diffusion.prediction, time_input="noise_level")
+def denoiser_for(net: torch.nn.Module, diffusion: CTPDiffusionConfig):
+    """The network as a denoiser of its diffusion variable (the scaled residual, or the frame for the
+    authors' model, whose x0 estimates are clamped to [-1, 1]), with SR3 continuous noise-level input."""
+    denoiser = VPDenoiser(net, diffusion.noise_schedule(), prediction=diffusion.prediction, time_input="noise_level")
+    return clip_x0(denoiser, -1.0, 1.0) if diffusion.clip_x0 else denoiser
+
+
+def build_network(network: dict) -> torch.nn.Module:
+    """The network a card describes: MedDiff's UNet, or the CTP authors' UNet for an imported release."""
+    from meddiffcore.checkpoints.ctp import ARCHITECTURE
+    from meddiffcore.nets.ctp_unet import CTPUNet, CTPUNetConfig
+
+    if network.get("architecture") == ARCHITECTURE:
+        return CTPUNet(CTPUNetConfig.from_dict(network))
+    config = UNetConfig.from_dict(network)
+    check_network(config)
+    return UNet(config)
 
 
 def linear_between(known: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(B, 1, ...) linear interpolation of the (B, 2, ...) known frames at fraction ``weight`` (B,) of the gap."""
     w = weight.reshape(-1, *([1] * (known.ndim - 1))).to(known.dtype)
     return (1 - w) * known[:, :1] + w * known[:, 1:2]
+
+
+def in_plane_padding(net: torch.nn.Module, slab: int, n_y: int, n_x: int) -> tuple[int, int]:
+    """Rows and columns to add (edge padding) so the network takes a ``slab`` x n_y x n_x input.
+
+    MedDiff's UNet needs multiples of its size multiple; the CTP authors' UNet also
+    needs its down and up paths to meet (for the release: 192-352 rows, trained on
+    192), so small frames are padded up to the first size it takes and larger ones
+    are refused with the sizes it does take."""
+    if isinstance(net.config, UNetConfig):
+        mult = net.config.size_multiple
+        return (-n_y) % mult[1], (-n_x) % mult[2]
+    step = 2 ** (len(net.config.channel_mult) - 1)
+    width = n_x + (-n_x) % step
+    first = height = n_y + (-n_y) % step
+    while height < first + 8 * net.config.design_size:
+        try:
+            net.check_input((slab, height, width))
+            return height - n_y, width - n_x
+        except BadInputError:
+            height += step
+    net.check_input((slab, first, width))  # no padding helps: name the problem
+    return first - n_y, width - n_x
 
 
 def residual_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
@@ -55,7 +92,7 @@ def residual_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusio
 @dataclass
 class LoadedModel:
     card: ModelCard
-    net: UNet
+    net: torch.nn.Module
     diffusion: CTPDiffusionConfig
     window_level_hu: float
     window_width_hu: float
@@ -66,9 +103,7 @@ class LoadedModel:
 def load_for_inference(ref: str, device: torch.device) -> LoadedModel:
     """A verified CTP model from its card (network, schedule, window, slab size, gap limit)."""
     card, tensors = load_model(ref, task=NAME)
-    config = UNetConfig.from_dict(card.network)
-    check_network(config)
-    net = UNet(config)
+    net = build_network(card.network)
     try:
         net.load_state_dict(tensors)
     except RuntimeError as exc:

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from meddiffcore.errors import BadInputError
+from meddiffcore.errors import BadInputError, ConfigError
 
 from .config import LOCAL_CONTEXT_SCALE_S, MAX_GAP_S, PHASES
 
 #: Two times closer than this (s) are the same time.
 TIME_TOLERANCE_S = 1e-4
+#: Most output frames one inpainting job writes (a 1 s grid over ~3 h); checked before anything is allocated.
+MAX_OUTPUT_FRAMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,13 @@ def make_plan(times_s, *, interval_s: float = 1.0, bad_frames=(), max_gap_s: flo
         raise BadInputError(
             f"bad frame(s) {', '.join(map(str, outside))} lie before the first or after the last good frame",
             "frames can only be repaired between two good frames; trim the sequence instead")
-    n_grid = int(np.floor((t_last - t_first) / interval_s + TIME_TOLERANCE_S)) + 1
+    span = float(t_last - t_first)
+    if span / interval_s + t.size > MAX_OUTPUT_FRAMES:
+        raise ConfigError(
+            f"an interval of {interval_s:g} s over the {span:g} s between the first and last good frames gives about "
+            f"{span / interval_s + 1:.3g} output frames, more than the {MAX_OUTPUT_FRAMES} one job may write",
+            f"use an interval of at least {span / (MAX_OUTPUT_FRAMES - t.size):.3g} s (e.g. --interval 1)")
+    n_grid = int(np.floor(span / interval_s + TIME_TOLERANCE_S)) + 1
     grid = t_first + interval_s * np.arange(n_grid, dtype=np.float64)
     known_t = t[known]
     out_times: list[float] = []

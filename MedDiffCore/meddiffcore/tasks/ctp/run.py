@@ -16,6 +16,8 @@ from meddiffcore.io import Sequence, check_finite, read_volume, write_volume
 
 #: The model ``meddiff inpaint`` uses when none is named.
 DEFAULT_MODEL = "ctp-demo"
+#: ``sampler="authors"``: the sampler an imported model's card records as the authors' (``authors_sampler``).
+AUTHORS = "authors"
 #: Map names and files written by ``ctp.perfusion``.
 MAP_NAMES = ("cbf", "cbv", "mtt", "tmax")
 MAP_EXTENSION = ".nrrd"
@@ -57,14 +59,52 @@ def _read(job) -> Sequence:
     return seq
 
 
+def check_output_memory(n_frames: int, seq: Sequence) -> None:
+    """OutOfMemoryError, before any work, when ``n_frames`` frames of ``seq`` (plus the input) would not fit in
+    this machine's memory."""
+    from meddiffcore.devices import physical_memory_bytes
+    from meddiffcore.errors import OutOfMemoryError
+
+    frame_bytes = int(np.prod(seq.frame_shape)) * max(seq.array.dtype.itemsize, 4)
+    need = (n_frames + len(seq)) * frame_bytes
+    have = physical_memory_bytes()
+    if have is not None and need > have:
+        raise OutOfMemoryError(f"{n_frames} output frames of {'x'.join(map(str, seq.frame_shape))} voxels need "
+                               f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB",
+                               "use a longer --interval, or crop the sequence to fewer slices")
+
+
+def sampling_settings(job, model) -> tuple[str, int, str | None, str]:
+    """(sampler, steps, sigma spacing, estimate) of an inpaint job. ``sampler="authors"`` is the sampler the
+    card records as the authors' (for the CTP authors' model: ancestral over all 1500 training steps, a
+    sample); otherwise the job's or the card's sampler, steps and estimate."""
+    from meddiffcore.diffusion import get_sampler
+
+    from .config import ESTIMATES
+
+    sampler = str(_param(job, "sampler", model.diffusion.sampler))
+    spacing = None
+    steps_default = model.diffusion.sampling_steps
+    if sampler == AUTHORS:
+        published = model.card.task_config.get("authors_sampler")
+        if not published:
+            raise ConfigError(f"model '{model.card.name}' records no authors' sampler",
+                              "use a sampler by name (ancestral, ddim, dpmpp_2m, euler, heun)")
+        sampler, spacing, steps_default = published["sampler"], "uniform", published["steps"]
+    steps = _number(job, "steps", steps_default, int, 1)
+    get_sampler(sampler)  # an unknown name fails here, before any work
+    estimate = str(_param(job, "estimate", "sample" if spacing else model.diffusion.estimate))
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"unknown estimate {estimate!r}", f"use one of {', '.join(ESTIMATES)}")
+    return sampler, steps, spacing, estimate
+
+
 def run_inpaint(job, reporter) -> dict[str, str]:
     """Fill a sequence to ``interval`` s and replace ``bad_frames``; output ``sequence``."""
     import torch
 
     from meddiffcore.devices import resolve_device
-    from meddiffcore.diffusion import get_sampler
 
-    from .config import ESTIMATES
     from .inpaint import DEFAULT_BATCH, assemble, inpaint_frames
     from .model import load_for_inference
     from .plan import make_plan
@@ -72,17 +112,16 @@ def run_inpaint(job, reporter) -> dict[str, str]:
 
     out_path = _output(job, "sequence")
     interval = _number(job, "interval", 1.0)
-    batch = _number(job, "batch_size", DEFAULT_BATCH, int, 1)
+    batch = None if _param(job, "batch_size") is None else _number(job, "batch_size", DEFAULT_BATCH, int, 1)
     seq = _read(job)
+    from meddiffcore.units import check_hu
+
+    check_hu(seq.array[0], "the perfusion sequence")
     device = resolve_device(job.device)
     model = load_for_inference(job.model or DEFAULT_MODEL, device)
-    steps = _number(job, "steps", model.diffusion.sampling_steps, int, 1)
-    sampler = str(_param(job, "sampler", model.diffusion.sampler))
-    get_sampler(sampler)  # an unknown name fails here, before any work
-    estimate = str(_param(job, "estimate", model.diffusion.estimate))
-    if estimate not in ESTIMATES:
-        raise ConfigError(f"unknown estimate {estimate!r}", f"use one of {', '.join(ESTIMATES)}")
+    sampler, steps, spacing, estimate = sampling_settings(job, model)
     plan = make_plan(seq.times_s, interval_s=interval, bad_frames=job.params.get("bad_frames"), max_gap_s=model.max_gap_s)
+    check_output_memory(len(plan.times_s), seq)
     diffs = np.diff(plan.times_s)
     even = diffs.size == 0 or bool(np.allclose(diffs, diffs[0], rtol=1e-6, atol=1e-6))
     check_output_path(out_path, job.inputs.get("sequence"), even_times=even)
@@ -93,9 +132,11 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     if plan.n_missing:
         generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
         frames, stats = inpaint_frames(seq.array, seq.times_s, plan, model, steps=steps, sampler=sampler, device=device,
-                                       estimate=estimate, generator=generator, batch_size=batch,
-                                       progress=lambda step, total: reporter.progress("sampling", step, total))
-        reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches: "
+                                       estimate=estimate, generator=generator, batch_size=batch, spacing=spacing,
+                                       progress=lambda step, total: reporter.progress("sampling", step, total),
+                                       log=reporter.warning)
+        reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches of up to {stats['batch_size']}"
+                     f"{' (chosen from free memory)' if stats['batch_chosen'] else ''}: "
                      f"{stats['network_evaluations']} network evaluations; bolus peak at {stats['peak_s']:g} s")
     out = Sequence(assemble(seq.array, plan, frames), seq.ijk_to_ras.copy(), plan.times_s.copy(),
                    {k: v for k, v in seq.metadata.items() if k in ("index_name",)})

@@ -2,6 +2,9 @@
 
 * ``.seq.nrrd`` / 4D NIfTI: :func:`meddiffcore.io.read_sequence` (times from the
   index values or the NIfTI time step); ``times`` overrides them.
+* a folder holding a DICOM perfusion series (slice positions repeating once per
+  time point) or one DICOM series per time point: :func:`meddiffcore.io.read_dicom_sequence`
+  (times from the acquisition times; ``times`` overrides them);
 * a folder of 3D volumes (sorted by file name), times from ``times`` or from a
   ``times.txt`` in the folder (one number per frame, or one number = the interval);
 * the seed's ``.npy`` layout ``[slices, H, W, T]`` (1 mm voxels unless ``spacing_mm``
@@ -18,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from meddiffcore.errors import BadInputError
-from meddiffcore.io import (SEQUENCE_EXTENSIONS, VOLUME_EXTENSIONS, Sequence, Volume, atomic_output, read_sequence,
-                            read_volume, write_sequence)
+from meddiffcore.io import (SEQUENCE_EXTENSIONS, VOLUME_EXTENSIONS, Sequence, Volume, atomic_output, is_dicom_folder,
+                            read_dicom_sequence, read_sequence, read_volume, write_sequence)
 from meddiffcore.io.atomic import split_extension
 
 NPY_EXTENSION = ".npy"
@@ -57,18 +60,26 @@ def read_ctp_sequence(path, times=None, spacing_mm=None) -> Sequence:
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"input '{p}' does not exist", "check the path")
-    if p.is_dir():
+    dicom = p.is_dir() and is_dicom_folder(p)  # a DICOM perfusion series (or one series per time point)
+    if p.is_dir() and not dicom:
         return _read_folder(p, times)
     if _ext(p) == NPY_EXTENSION:
         return _read_npy(p, times, spacing_mm)
-    seq = read_sequence(p)
+    seq = read_dicom_sequence(p) if dicom else read_sequence(p)
     if times is not None:
         return Sequence(seq.array, seq.ijk_to_ras, parse_times(times, len(seq)), seq.metadata)
     if seq.metadata.get("time_step_missing"):
-        raise BadInputError(f"'{p.name}' does not record its time step (NIfTI pixdim[4] is 0)",
+        raise BadInputError(f"'{p.name}' does not record its time step "
+                            f"({'its DICOM files have no acquisition times' if dicom else 'NIfTI pixdim[4] is 0'})",
                             "give the frame times with --times (e.g. --times 2 for 2 s sampling)")
-    if len(seq) > 1 and "index_values" in seq.metadata and seq.metadata.get("index_type", "numeric") != "numeric":
-        raise BadInputError(f"'{p.name}' has non-numeric frame index values", "give the frame times with --times")
+    if len(seq) > 1 and seq.metadata.get("times_unknown"):  # never guess 0, 1, 2... s: a 2 s scan would become 1 s
+        raise BadInputError(f"'{p.name}' does not give its frame times: {seq.metadata['times_unknown']}",
+                            "give the frame times in seconds with --times (e.g. --times 0,2,4,... or --times 2 for "
+                            "2 s sampling), or save the sequence with numeric time index values")
+    if len(seq) > 1 and seq.metadata.get("index_values_unit"):
+        raise BadInputError(f"'{p.name}' gives its frame times in '{seq.metadata['index_values_unit']}', which is not a "
+                            "time unit MedDiff knows (s, ms, us, min)",
+                            "give the frame times in seconds with --times, or save the sequence with a time unit")
     return seq
 
 

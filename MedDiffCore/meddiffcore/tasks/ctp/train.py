@@ -12,7 +12,7 @@ from meddiffcore.nets import UNet
 from .config import (LOCAL_CONTEXT_SCALE_S, MAX_GAP_S, NAME, PHASES, SLAB_SLICES, WINDOW_LEVEL_HU, WINDOW_WIDTH_HU,
                      CTPConfig)
 from .data import CTPTupleDataset
-from .model import check_network, residual_loss
+from .model import build_network, check_network, residual_loss
 
 
 class CTPTask:
@@ -24,6 +24,11 @@ class CTPTask:
     def build_network(self, config: CTPConfig) -> torch.nn.Module:
         check_network(config.network)
         return UNet(config.network)
+
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks): the same
+        builder inference uses, so an imported release (the authors' UNet) is checked against its own layout."""
+        return build_network(card.network)
 
     def build_dataset(self, config: CTPConfig) -> torch.utils.data.Dataset:
         return CTPTupleDataset(config.data, config.diffusion.peak_margin_s, seed=config.train.seed)
@@ -72,7 +77,8 @@ class CTPTask:
                 "local_context": f"((t - t_left - 1) / {LOCAL_CONTEXT_SCALE_S:g}, (t_right - t - 1) / {LOCAL_CONTEXT_SCALE_S:g})",
                 "global_context": f"one-hot {list(PHASES)} relative to the bolus peak (argmax of the mean tissue "
                                   f"intensity of the known frames), peak = within {config.diffusion.peak_margin_s:g} s",
-                "tissue_mask": "voxels whose first known frame lies inside the window; elsewhere linear interpolation",
+                "tissue_mask": "voxels whose first known frame lies inside the window (at inference: within a quarter of "
+                               "its width of it); elsewhere linear interpolation",
                 "diffusion_variable": f"{config.diffusion.residual_scale:g} x (frame - linear interpolation of the known "
                                       "frames), in window units",
                 "training_data": to_dict(config.data),

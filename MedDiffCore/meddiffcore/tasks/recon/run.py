@@ -300,6 +300,10 @@ def ct_problem_from_job(job: Job, model, device):
         arr = np.asarray(vol.array, dtype=np.float32)
         _check_finite(arr, "input volume")
         _check_size(arr.shape, model, "input volume")
+        if tc.get("unit") == "HU":
+            from ...units import check_hu
+
+            check_hu(arr, "the input volume")
         if arr.shape[1] != arr.shape[2]:
             raise BadInputError(f"axial slices are {arr.shape[1]}x{arr.shape[2]}; parallel-beam CT needs square slices",
                                 "crop or pad the volume to square axial slices")

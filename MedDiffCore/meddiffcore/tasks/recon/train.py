@@ -35,6 +35,13 @@ class ReconTask:
     def build_network(self, config: ReconConfig) -> torch.nn.Module:
         return PriorPair(config.network, config.diffusion)
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
+        from ...config import from_dict
+        from .model import DiffusionConfig, network_config
+
+        return PriorPair(network_config(card.network), from_dict(DiffusionConfig, card.diffusion, "diffusion"))
+
     def build_dataset(self, config: ReconConfig) -> torch.utils.data.Dataset:
         return PriorSliceDataset(config.data)
 

@@ -29,10 +29,16 @@ def stage_entry(spec: StageSpec) -> dict:
 
 
 def spec_from_entry(stage: str, entry: dict) -> StageSpec:
-    return StageSpec(stage=stage, size=int(entry["size"]), low_size=int(entry["low_size"]),
-                     network=UNetConfig.from_dict(entry["network"]),
+    from ...checkpoints.mrnet import ARCHITECTURE as MRNET
+    from ...nets.mrnet import MRNetUNetConfig
+
+    network = entry["network"]
+    config = MRNetUNetConfig.from_dict(network) if network.get("architecture") == MRNET else UNetConfig.from_dict(network)
+    return StageSpec(stage=stage, size=int(entry["size"]), low_size=int(entry["low_size"]), network=config,
                      swin=from_dict(SwinConfig, entry["swin"], where=f"{stage}.swin"),
-                     diffusion=from_dict(SRDiffusionConfig, entry["diffusion"], where=f"{stage}.diffusion"))
+                     diffusion=from_dict(SRDiffusionConfig, entry["diffusion"], where=f"{stage}.diffusion"),
+                     model_range=tuple(entry.get("model_range", (-1.0, 1.0))),
+                     authors_sampler=entry.get("authors_sampler"))
 
 
 def _card_stages(card: ModelCard) -> dict[str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,49 @@ def to_unit_range(values: np.ndarray, window: tuple[float, float]) -> np.ndarray
 def from_unit_range(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     low, high = window
     return ((np.asarray(values, dtype=np.float32) + 1.0) / 2.0 * (high - low) + low).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """An input's units to the model's [-1, 1] and back: ``input_low``/``input_high`` (input units) become
+    ``model_low``/``model_high`` (units of the card's intensity window), linearly; nothing is clipped on the
+    way back, so the output is in the input's units (HU stays HU, scanner units stay scanner units)."""
+
+    input_low: float
+    input_high: float
+    model_low: float
+    model_high: float
+    window: tuple[float, float]
+
+    def to_model(self, values: np.ndarray) -> np.ndarray:
+        scale = (self.model_high - self.model_low) / (self.input_high - self.input_low)
+        return to_unit_range((np.asarray(values, np.float32) - self.input_low) * scale + self.model_low, self.window)
+
+    def from_model(self, values: np.ndarray) -> np.ndarray:
+        scale = (self.input_high - self.input_low) / (self.model_high - self.model_low)
+        return ((from_unit_range(values, self.window) - self.model_low) * scale + self.input_low).astype(np.float32)
+
+
+def intensity_mapping(task_config: dict, values: np.ndarray) -> IntensityMapping:
+    """The mapping the card prescribes for ``values`` (the whole input volume, all slices together).
+
+    ``task_config["intensity"] = {"normalize": "percentile", "percentiles": [lo, hi], "values": [a, b]}``: the
+    volume's lo-th and hi-th percentiles become a and b (the demo, trained on phantom slices in arbitrary
+    units: 0.5 and 99.5 -> background 0 and white matter 0.8, as the MRI recon priors); no "intensity"
+    entry: the input is in the units of the card's fixed ``intensity_window`` (a model trained on a folder
+    of volumes in, e.g., HU).
+    """
+    window = tuple(float(v) for v in task_config["intensity_window"])
+    spec = task_config.get("intensity") or {}
+    if spec.get("normalize") != "percentile":
+        return IntensityMapping(window[0], window[1], window[0], window[1], window)
+    lo_pct, hi_pct = (float(v) for v in spec["percentiles"])
+    model_low, model_high = (float(v) for v in spec["values"])
+    input_low, input_high = (float(v) for v in np.percentile(np.asarray(values, np.float32), [lo_pct, hi_pct]))
+    if not input_high > input_low:
+        raise BadInputError(f"the input has no contrast to normalise (its {lo_pct:g}th and {hi_pct:g}th percentiles "
+                            f"are both {input_low:g})", "give an image with anatomy in it, not a constant one")
+    return IntensityMapping(input_low, input_high, model_low, model_high, window)
 
 
 class PhantomSlices(torch.utils.data.Dataset):

@@ -9,6 +9,7 @@ the augmentation level as a one-number ``embedding``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +22,27 @@ from ...nets.swin import SwinBottleneck
 from .config import SRDiffusionConfig, SwinConfig
 from .resample import downsample_area, upsample_bilinear
 
+#: ``sampler="authors"``: the stage's published sampler (``StageSpec.authors_sampler``).
+AUTHORS = "authors"
+
 
 @dataclass
 class StageSpec:
-    """What a stage needs besides its weights (stored per stage in the model card)."""
+    """What a stage needs besides its weights (stored per stage in the model card).
+
+    ``network`` is a UNet configuration, or an :class:`~meddiffcore.nets.mrnet.MRNetUNetConfig` for an
+    imported MRNet stage. ``model_range`` is the range the stage diffuses in ([-1, 1] for MedDiff's
+    stages, [0, 1] for MRNet's); ``authors_sampler`` the sampler its authors published, if any.
+    """
 
     stage: str
     size: int
     low_size: int
-    network: UNetConfig
+    network: Any
     swin: SwinConfig
     diffusion: SRDiffusionConfig
+    model_range: tuple[float, float] = (-1.0, 1.0)
+    authors_sampler: dict | None = None
 
     @property
     def is_super_resolution(self) -> bool:
@@ -56,7 +67,11 @@ def check_stage_network(spec: StageSpec) -> None:
             raise ConfigError(f"stage size {spec.size} is not divisible by the UNet's {m}", "use fewer levels")
 
 
-def build_stage_network(spec: StageSpec) -> UNet:
+def build_stage_network(spec: StageSpec) -> torch.nn.Module:
+    from ...nets.mrnet import MRNetUNet, MRNetUNetConfig
+
+    if isinstance(spec.network, MRNetUNetConfig):
+        return MRNetUNet(spec.network)
     check_stage_network(spec)
     middle = None
     if spec.swin.enabled:
@@ -104,9 +119,14 @@ def training_loss(net: UNet, spec: StageSpec, image: Tensor, generator: torch.Ge
 
 
 @torch.no_grad()
-def sample_stage(net: UNet, spec: StageSpec, samples: int, *, low: Tensor | None = None, steps: int | None = None,
-                 sampler: str | None = None, generator: torch.Generator | None = None, callback=None) -> Tensor:
-    """(samples, 1, size, size) in [-1, 1]; ``low`` (samples, 1, low_size, low_size) for SR stages.
+def sample_stage(net: torch.nn.Module, spec: StageSpec, samples: int, *, low: Tensor | None = None,
+                 steps: int | None = None, sampler: str | None = None, generator: torch.Generator | None = None,
+                 callback=None) -> Tensor:
+    """(samples, 1, size, size) in the stage's model range ([-1, 1]; [0, 1] for MRNet stages); ``low``
+    (samples, 1, low_size, low_size) in the same range for SR stages.
+
+    ``sampler="authors"`` runs the stage's ``authors_sampler`` (MRNet: ancestral over every training step,
+    variance beta_t, no clipping; ``steps`` still overrides the count).
 
     Every x0 estimate is clamped to [-1, 1] (DDPM's ``clip_denoised``): at the schedule's top noise
     level (sigma ~ 630 for the seed's betas) an eps-prediction's x0 is the eps error times 630, and
@@ -115,10 +135,34 @@ def sample_stage(net: UNet, spec: StageSpec, samples: int, *, low: Tensor | None
     """
     device = next(net.parameters()).device
     diffusion = spec.diffusion
-    sigmas = diffusion.noise_schedule().sampling_sigmas(steps or diffusion.sampling_steps).to(device)
+    lo, hi = spec.model_range
+    spacing, options, clip = None, {}, True
+    if sampler == AUTHORS:
+        if not spec.authors_sampler:
+            raise ConfigError(f"stage '{spec.stage}' records no authors' sampler", "name a sampler (e.g. dpmpp_2m)")
+        published = spec.authors_sampler
+        sampler, spacing, clip = published["sampler"], "uniform", bool(published.get("clip", True))
+        steps = steps or int(published["steps"])
+        if "variance" in published:
+            options["variance"] = published["variance"]
+    sigmas = diffusion.noise_schedule().sampling_sigmas(steps or diffusion.sampling_steps, spacing).to(device)
     x = initial_noise((samples, 1, spec.size, spec.size), sigmas, generator, device=device)
     cond = stage_condition(low.to(device), spec, None, generator) if spec.is_super_resolution else None
-    denoiser = clip_x0(VPDenoiser(net, diffusion.noise_schedule(), prediction=diffusion.prediction))
+    denoiser = VPDenoiser(net, diffusion.noise_schedule(), prediction=diffusion.prediction)
+    if clip:
+        denoiser = clip_x0(denoiser, lo, hi)
     out = get_sampler(sampler or diffusion.sampler)(denoiser, x, sigmas, callback=callback, generator=generator,
-                                                    cond=cond)
-    return out.clamp(-1.0, 1.0)
+                                                    cond=cond, **options)
+    return out.clamp(lo, hi)
+
+
+def to_signed_range(x, model_range: tuple[float, float]):
+    """Values in a stage's model range as [-1, 1] (what the task's unit mapping takes)."""
+    lo, hi = model_range
+    return (x - lo) / (hi - lo) * 2.0 - 1.0
+
+
+def from_signed_range(x, model_range: tuple[float, float]):
+    """[-1, 1] values in a stage's model range."""
+    lo, hi = model_range
+    return (x + 1.0) / 2.0 * (hi - lo) + lo

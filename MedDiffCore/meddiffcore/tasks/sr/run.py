@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import BadInputError, ConfigError
+from ...errors import BadInputError, ConfigError, ModelError
 from ...io import VOLUME_WRITE_EXTENSIONS
 from ...io.atomic import numbered_paths
 from .cascade import load_stages
-from .data import from_unit_range, to_unit_range
-from .model import sample_stage
+from .data import from_unit_range, intensity_mapping
+from .model import AUTHORS, from_signed_range, sample_stage, to_signed_range
 
 IMAGE_EXTENSIONS = (".png",)
 
@@ -46,7 +46,7 @@ def _steps_and_sampler(job) -> tuple[int | None, str | None]:
     if steps is not None and int(steps) < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}", "e.g. --steps 50")
     sampler = job.params.get("sampler")
-    if sampler:
+    if sampler and sampler != AUTHORS:
         get_sampler(sampler)
     return (int(steps) if steps else None), sampler
 
@@ -77,7 +77,8 @@ def run_generate(job, reporter) -> dict[str, str]:
         reporter.log(f"stage {stage}: {samples} x {spec.size}^2")
         images = sample_stage(net, spec, samples, low=images, steps=steps, sampler=sampler, generator=generator,
                               callback=reporter.step_callback(f"stage {stage}"))
-    arrays = from_unit_range(images[:, 0].cpu().numpy(), tuple(card.task_config["intensity_window"]))
+    arrays = from_unit_range(to_signed_range(images[:, 0].cpu().numpy(), spec.model_range),
+                             tuple(card.task_config["intensity_window"]))
     volumes = [Volume.from_spacing(a[None], spacing_mm=spacing) for a in arrays]
     paths = numbered_paths(Path(job.outputs["volume"]), samples)
     for volume, path in zip(volumes, paths):
@@ -99,16 +100,34 @@ def _read_input(path: str):
     if Path(path).name.lower().endswith(IMAGE_EXTENSIONS):
         if not Path(path).is_file():
             raise BadInputError(f"input image '{path}' does not exist", "check the path")
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError) as exc:  # not an image, truncated, or unreadable
+            raise BadInputError(f"input image '{path}' cannot be read as an image ({type(exc).__name__}: {exc})",
+                                "give an 8-bit grayscale PNG, or a volume file (.nii.gz, .nrrd, .mha)") from None
         return Volume.from_spacing(array[None]), True
     return read_volume(path), False
 
 
+def _check_model_range(card, model_range: tuple[float, float], array: np.ndarray, path: str) -> None:
+    """A model that diffuses in [0, 1] (the imported MRNet cascade) takes input already in [0, 1]."""
+    if tuple(model_range) != (0.0, 1.0):
+        return
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -1e-6 or hi > 1.0 + 1e-6:
+        raise BadInputError(
+            f"'{path}' has values {lo:g} .. {hi:g}; model '{card.name}' takes slices in [0, 1] (its authors trained "
+            "on per-slice min-max normalised 8-bit PNGs)",
+            "normalise each slice to [0, 1] first, or give the slice as an 8-bit grayscale PNG")
+
+
 def run_upscale(job, reporter) -> dict[str, str]:
-    """Job ``sr.upscale``: inputs ``image`` (volume or PNG); params stages (how many 2x stages, default all), steps."""
+    """Job ``sr.upscale``: inputs ``image`` (volume or PNG); params stages (how many 2x stages; default every
+    remaining stage up to the first the card calls below its baseline), steps. Intensities go through the card's
+    mapping (:func:`~.data.intensity_mapping`) and come back in the input's units."""
     from ...devices import resolve_device
     from ...io import Volume, write_volume
     from ...preview import Window, write_png
@@ -134,20 +153,46 @@ def run_upscale(job, reporter) -> dict[str, str]:
             f"super-resolves square slices of {', '.join(map(str, accepted)) or 'no size (it has no SR stage)'} pixels",
             "resample or crop the slices to one of those sizes first",
         )
-    count = int(job.params.get("stages") or len(sr_stages) - start)
-    if not 1 <= count <= len(sr_stages) - start:
-        raise ConfigError(f"stages must be between 1 and {len(sr_stages) - start} for {height}px input, got {count}",
-                          "leave it out to run every remaining stage")
+    remaining = sr_stages[start:]
+    below = card.below_baseline()
+    if job.params.get("stages"):
+        count = int(job.params["stages"])
+        if not 1 <= count <= len(remaining):
+            raise ConfigError(f"stages must be between 1 and {len(remaining)} for {height}px input, got {count}",
+                              "leave it out to run every remaining stage the card does not call under-trained")
+    else:  # by default, never a stage the card says loses to interpolation
+        count = next((i for i, (name, _, _) in enumerate(remaining) if name in below), len(remaining))
+        if count == 0:
+            name = remaining[0][0]
+            raise ModelError(f"the stage of model '{card.name}' that takes {height}px slices, {name}, is below its "
+                             f"classical baseline by its card: {below[name]}",
+                             f"upscale with plain interpolation instead, train the stage longer, or pass --stages 1 "
+                             f"to run it anyway")
+        if count < len(remaining):
+            skipped = remaining[count][0]
+            reporter.warning(f"running {count} of {len(remaining)} stages: the card says stage {skipped} is below its "
+                             f"classical baseline ({below[skipped]})", f"--stages {len(remaining)} runs it anyway")
     if is_png and out_path.lower().endswith(".png") and volume.shape[0] != 1:
         raise BadInputError("a PNG output holds one slice", "write a volume (.nii.gz, .nrrd)")
     window = tuple(card.task_config["intensity_window"])
-    if is_png:
+    chosen_range = sr_stages[start][1].model_range
+    _check_model_range(card, chosen_range, volume.array, job.inputs["image"])
+    per_volume = (card.task_config.get("intensity") or {}).get("normalize") == "percentile"
+    if is_png and not per_volume:  # 8-bit display values of the card's window
         volume = volume.with_array(from_unit_range(volume.array * 2 - 1, window))
+    mapping = intensity_mapping(card.task_config, volume.array)
     chosen = sr_stages[start:start + count]
+    for name, _, _ in chosen:
+        if name in below and job.params.get("stages"):
+            reporter.warning(f"stage {name} is below its classical baseline by the card: {below[name]}")
+    if "real_images" in below:
+        reporter.warning(f"model '{card.name}' on real images: {below['real_images']}")
     factor = 2**count
     generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
-    reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with {', '.join(n for n, _, _ in chosen)}")
-    low_all = torch.from_numpy(to_unit_range(volume.array, window)).clamp(-1, 1)[:, None]
+    reporter.log(f"upscaling {volume.shape[0]} slice(s) {height} -> {height * factor} px with "
+                 f"{', '.join(n for n, _, _ in chosen)}; intensities {mapping.input_low:g}..{mapping.input_high:g} "
+                 f"-> {mapping.model_low:g}..{mapping.model_high:g} of the model's window {window[0]:g}..{window[1]:g}")
+    low_all = from_signed_range(torch.from_numpy(mapping.to_model(volume.array)).clamp(-1, 1)[:, None], chosen_range)
     outputs = []
     for index in range(volume.shape[0]):
         image = low_all[index:index + 1]
@@ -155,9 +200,10 @@ def run_upscale(job, reporter) -> dict[str, str]:
             image = sample_stage(net, spec, 1, low=image, steps=steps, sampler=sampler, generator=generator)
         outputs.append(image[0, 0].cpu().numpy())
         reporter.progress("upscaling", index + 1, volume.shape[0])
-    array = from_unit_range(np.stack(outputs), window)
+    array = mapping.from_model(to_signed_range(np.stack(outputs), chosen[-1][1].model_range))
     if out_path.lower().endswith(".png"):
-        write_png(out_path, Window.from_range(*window).to_uint8(array[0]))
+        shown = (0.0, 1.0) if is_png and per_volume else (mapping.input_low, mapping.input_high)
+        write_png(out_path, Window.from_range(*shown).to_uint8(array[0]))
     else:
         write_volume(Volume(array, upscaled_ijk_to_ras(volume.ijk_to_ras, factor), {}), out_path)
     return {"volume": out_path}

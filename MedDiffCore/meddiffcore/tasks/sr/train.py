@@ -29,6 +29,16 @@ class SRTask:
     def build_network(self, config: SRConfig) -> torch.nn.Module:
         return build_stage_network(spec_of(config))
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks): a bundled
+        cascade holds ``<stage>.<key>`` tensors of every stage, a single-stage model its own."""
+        from .cascade import _card_stages, spec_from_entry
+
+        nets = {stage: build_stage_network(spec_from_entry(stage, entry)) for stage, entry in _card_stages(card).items()}
+        if not card.task_config.get("bundled", False) and len(nets) == 1:
+            return next(iter(nets.values()))
+        return torch.nn.ModuleDict(nets)
+
     def build_dataset(self, config: SRConfig) -> torch.utils.data.Dataset:
         return sr_data.build_dataset(config.data, config.train.seed)
 

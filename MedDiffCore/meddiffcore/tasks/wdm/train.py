@@ -35,6 +35,12 @@ class WDMTask:
                                   "use fewer UNet levels or a larger data.size")
         return wdm_model.build_network(net)
 
+    def network_from_card(self, card: ModelCard) -> torch.nn.Module:
+        """The network whose tensors a model of this task holds, from its card (for the model checks)."""
+        from ...nets import UNetConfig
+
+        return wdm_model.build_network(UNetConfig.from_dict(card.network))
+
     def build_dataset(self, config: WDMConfig) -> torch.utils.data.Dataset:
         return wdm_data.build_dataset(config.data, config.train.seed)
 
