@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .config import from_dict, to_dict
 from .devices import set_threads, translate_out_of_memory
+from .domain import warn_out_of_domain
 from .errors import CancelledError, ConfigError, DependencyError, ErrorCode, MedDiffError
 from .progress import Reporter
 
@@ -143,6 +144,7 @@ def run_job(job: Job, reporter: Reporter) -> int:
                               "leave it out to use the cores that are free, or give e.g. --threads 1")
         threads = set_threads(job.threads)
         reporter.started(job.task, model=job.model, device=job.device, threads=threads)
+        warn_out_of_domain(job, reporter, runner)  # before minutes of work, for every task alike
         with translate_out_of_memory(f"job '{job.task}'"):
             outputs = runner(job, reporter)
         reporter.done({k: str(v) for k, v in outputs.items()})

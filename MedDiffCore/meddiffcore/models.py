@@ -56,6 +56,8 @@ class ModelCard:
     task_config: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: What the training data looked like (spacing, size, intensity), for out-of-domain warnings (see domain.py).
+    domain: dict[str, Any] = field(default_factory=dict)
     requirements: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     sha256: str = ""

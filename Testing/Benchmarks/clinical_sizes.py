@@ -1,0 +1,230 @@
+"""Every task on inputs of clinical size, through the real CLI, one fresh process per job (issue 17).
+
+Inputs (made here, before any timing, from the project's phantoms):
+
+- ``ctca``: a CTA label map 512x512x256, oblique (rotated 15 deg about z and 10 deg about x), 0.4x0.4x0.5 mm,
+  -> ``meddiff synthesize`` (the model's own sampler and steps unless ``--ctca-steps``);
+- ``ctp``: a CT perfusion study 512x512x16, 45 frames sampled every 3 s -> ``meddiff inpaint`` to 1 s;
+- ``ct``: a CT volume 512x512x64 -> ``meddiff recon ct --simulate-from`` (16 views, fast mode);
+- ``mri``: an MRI volume 256^3 -> ``meddiff recon mri --simulate-from`` (fast mode).
+
+For each job it prints the wall time of the child process and of the job (``started`` to ``done`` events), the
+child's peak RSS (``os.wait4``; Linux/macOS), the input and output arrays' size in memory, the ratio
+peak / (input + output) against the issue's target (<= 3x), the same ratio after subtracting the RSS of a bare
+engine process that has imported torch and the task (``engine``, measured once), and the share of the job spent
+outside the network: the job time minus the time of the sampler's progress phases (first to last step, plus one
+average step), over the job time (target <= 20 %). Recon's "network" phase includes its data-consistency steps.
+
+``--scale`` shrinks every in-plane size (and grows the in-plane spacing, so the anatomy keeps its size in mm);
+slice counts, frame counts and MRI's z stay. The full-size run (``--scale 1``) needs several GB and, on 2 CPU
+cores, hours::
+
+    OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 0.125 --tasks ctca ctp ct mri
+    python Testing/Benchmarks/clinical_sizes.py --scale 1 --device cuda
+
+This is a script, not a test: it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGET_RATIO = 3.0
+TARGET_OUTSIDE = 0.20
+NOT_NETWORK_PHASES = ("perfusion",)
+
+
+def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
+    a, b = np.radians(z_deg), np.radians(x_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+def make_ctca(folder: Path, scale: float, slab: int = 16) -> Path:
+    """The procedural heart phantom's labels sampled straight on the oblique clinical grid, slab by slab."""
+    from meddiffcore.io import Volume, write_volume
+    from meddiffcore.io.volume import geometry_from_spacing
+    from meddiffcore.tasks.ctca.phantom import make_phantom
+
+    n_xy = max(16, int(round(512 * scale)))
+    spacing = (0.4 * 512 / n_xy, 0.4 * 512 / n_xy, 0.5)
+    shape = (256, n_xy, n_xy)
+    direction = _rotation(15, 10)
+    half = direction @ ((np.array(shape[::-1]) - 1) / 2.0 * np.array(spacing))
+    grid = geometry_from_spacing(spacing, -half, direction)  # centred on the phantom's heart (RAS origin)
+    labels = np.empty(shape, np.uint8)
+    for z0 in range(0, shape[0], slab):
+        z1 = min(z0 + slab, shape[0])
+        part = grid.copy()
+        part[:3, 3] = grid[:3, :3] @ np.array([0.0, 0.0, z0]) + grid[:3, 3]
+        labels[z0:z1] = make_phantom(0, shape=(z1 - z0,) + shape[1:], ijk_to_ras=part, with_ct=False).labels.array
+    path = folder / "cta_labels.nii.gz"
+    write_volume(Volume(labels, grid), path)
+    return path
+
+
+def make_ctp(folder: Path, scale: float) -> Path:
+    from meddiffcore.io import Sequence, write_sequence
+    from meddiffcore.tasks.ctp.phantom import make_ctp_phantom
+
+    size = max(16, int(round(512 * scale)))
+    phantom = make_ctp_phantom(0, slices=16, size=size, frames=45, interval_s=3.0)
+    seq = phantom.sequence
+    path = folder / "ctp.seq.nrrd"
+    write_sequence(Sequence(np.round(seq.array).astype(np.int16), seq.ijk_to_ras, seq.times_s), path)
+    return path
+
+
+def make_recon(folder: Path, scale: float, modality: str) -> Path:
+    from meddiffcore.io import Volume, write_volume
+    from meddiffcore.tasks.recon.phantoms import make_phantom
+
+    if modality == "ct":
+        n, nz, spacing = max(16, int(round(512 * scale))), 64, 0.7
+        arr = make_phantom("ct", None, (nz, n, n), 0)
+        arr = np.round(arr).astype(np.int16)
+    else:
+        n, nz, spacing = max(16, int(round(256 * scale))), 256, 1.0
+        arr = make_phantom("mri", None, (nz, n, n), 0).astype(np.float32)
+    vol = Volume.from_spacing(arr, (spacing * 512 / n if modality == "ct" else spacing * 256 / n,) * 2 + (spacing,))
+    path = folder / f"{modality}.nii.gz"
+    write_volume(vol, path)
+    return path
+
+
+def run_child(args: list[str], env: dict) -> dict:
+    """Run ``python -m meddiffcore.cli ARGS --progress json``; wall time, peak RSS (bytes) and the events."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "meddiffcore.cli", *args, "--progress", "json"],
+                                stdout=out, stderr=err, env=env, text=True)
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        else:  # no per-child rusage here
+            proc.wait()
+            rss = None
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        events = [json.loads(line) for line in out.read().splitlines() if line.startswith("{")]
+        stderr = err.read()
+    return {"rc": proc.returncode, "wall_s": wall, "rss": rss, "events": events, "stderr": stderr}
+
+
+def engine_rss(env: dict, task_module: str) -> int | None:
+    """Peak RSS of a child that only imports torch and the task module: the floor under every job."""
+    if not hasattr(os, "wait4"):
+        return None
+    proc = subprocess.Popen([sys.executable, "-c", f"import torch, meddiffcore.cli, {task_module}"], env=env)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def job_times(events: list[dict]) -> tuple[float | None, float | None]:
+    """(job seconds from 'started' to 'done'/'error', seconds in the network's progress phases)."""
+    times = {e["event"]: e["time"] for e in events if e["event"] in ("started", "done", "error")}
+    job = times.get("done", times.get("error", 0)) - times["started"] if "started" in times else None
+    phases: dict[str, list[float]] = {}
+    for e in events:
+        if e["event"] == "progress" and e["phase"] not in NOT_NETWORK_PHASES:
+            phases.setdefault(e["phase"], []).append(e["time"])
+    network = 0.0
+    for stamps in phases.values():
+        if len(stamps) > 1:
+            span = stamps[-1] - stamps[0]
+            network += span * len(stamps) / (len(stamps) - 1)  # plus the first step, at the average pace
+    return job, network
+
+
+def array_bytes(path: Path) -> int:
+    from meddiffcore.io import read_sequence, read_volume
+
+    try:
+        return int(read_volume(path).array.nbytes)
+    except Exception:  # a 4D file
+        return int(read_sequence(path).array.nbytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="in-plane size factor (0.25: 128^2 for 512^2)")
+    parser.add_argument("--tasks", nargs="+", default=["ctca", "ctp", "ct", "mri"], choices=["ctca", "ctp", "ct", "mri"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ctca-steps", type=int, default=None, help="sampling steps (default: the card's)")
+    parser.add_argument("--keep", default=None, help="keep inputs and outputs in this folder")
+    args = parser.parse_args()
+
+    env = dict(os.environ)
+    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="meddiff_clinical_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"scale {args.scale}, device {args.device}, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, "
+          f"folder {folder}")
+    rows = []
+    for task in args.tasks:
+        made = time.perf_counter()
+        if task == "ctca":
+            src = make_ctca(folder, args.scale)
+            out = folder / "ctca_out.nii.gz"
+            cli = ["synthesize", "--labels", str(src), "--out", str(out)]
+            if args.ctca_steps:
+                cli += ["--steps", str(args.ctca_steps)]
+            module = "meddiffcore.tasks.ctca.run"
+        elif task == "ctp":
+            src = make_ctp(folder, args.scale)
+            out = folder / "ctp_out.seq.nrrd"
+            cli = ["inpaint", "--sequence", str(src), "--out", str(out), "--interval", "1"]
+            module = "meddiffcore.tasks.ctp.run"
+        else:
+            src = make_recon(folder, args.scale, task)
+            out = folder / f"{task}_out.nii.gz"
+            cli = ["recon", task, "--simulate-from", str(src), "--out", str(out), "--mode", "fast"]
+            module = "meddiffcore.tasks.recon.run"
+        cli += ["--device", args.device, "--seed", "0"]
+        print(f"{task}: input {src.name} made in {time.perf_counter() - made:.1f} s; running meddiff {' '.join(cli[:1])}",
+              flush=True)
+        floor = engine_rss(env, module)
+        result = run_child(cli, env)
+        if result["rc"] != 0:
+            print(f"  failed (exit {result['rc']}): {result['stderr'].strip()[-600:]}")
+            continue
+        in_b, out_b = array_bytes(src), array_bytes(out)
+        job_s, net_s = job_times(result["events"])
+        warnings = [e["message"] for e in result["events"] if e.get("level") == "warning"]
+        rows.append((task, src, in_b, out_b, result, floor, job_s, net_s, warnings))
+    mb = 1 << 20
+    print()
+    print(f"{'task':5} {'input':>24} {'in MB':>8} {'out MB':>8} {'wall s':>7} {'job s':>7} {'peak MB':>8} "
+          f"{'engine MB':>9} {'peak/(in+out)':>13} {'-engine':>8} {'outside net':>11}")
+    for task, src, in_b, out_b, result, floor, job_s, net_s, warnings in rows:
+        from meddiffcore.domain import header_geometry
+
+        geo = header_geometry(src)
+        shape = "x".join(map(str, geo[0][1])) if geo else "?"
+        if task == "ctp":
+            shape += "x45t"
+        peak = result["rss"]
+        ratio = f"{peak / (in_b + out_b):.1f}x" if peak else "n/a"
+        ratio_net = f"{(peak - floor) / (in_b + out_b):.1f}x" if peak and floor else "n/a"
+        outside = f"{(job_s - net_s) / job_s * 100:.0f} %" if job_s else "n/a"
+        print(f"{task:5} {shape:>24} {in_b / mb:8.1f} {out_b / mb:8.1f} {result['wall_s']:7.1f} {job_s or 0:7.1f} "
+              f"{(peak or 0) / mb:8.0f} {(floor or 0) / mb:9.0f} {ratio:>13} {ratio_net:>8} {outside:>11}")
+        for w in warnings:
+            print(f"      warning: {w}")
+    print(f"targets: peak <= {TARGET_RATIO:g}x (input + output); time outside the network <= "
+          f"{TARGET_OUTSIDE * 100:.0f} % of the job")
+
+
+if __name__ == "__main__":
+    main()
