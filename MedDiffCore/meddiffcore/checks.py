@@ -51,6 +51,7 @@ VALUE_RANGES: dict[str, ValueRange] = {
     "seed": ValueRange(int, 0, MAX_SEED, "random seed"),
     "guidance": ValueRange(float, 0.0, 100.0, "guidance scale"),
     "batch_size": ValueRange(int, 1, 4096, "batch size"),
+    "threads": ValueRange(int, 1, 1024, "CPU threads"),
     "stages": ValueRange(int, 1, 16, "super-resolution stages"),
     "interval": ValueRange(float, 0.0, 3600.0, "frame interval (s)", low_open=True),
     "svd_threshold": ValueRange(float, 0.0, 1.0, "relative SVD threshold", low_open=True),

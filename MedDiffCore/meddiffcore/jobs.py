@@ -128,6 +128,7 @@ def check_job(job: Job) -> None:
                 raise ConfigError(f"{section}.{key} must be a path (a string), got {value!r}",
                                   f"give {section}.{key} as a file or folder path in quotes")
     check_value("seed", job.seed)
+    check_value("threads", job.threads)
     check_values(job.params, {k: f"params.{k}" for k in job.params})
     inputs = [(f"inputs.{k}", v) for k, v in job.inputs.items()] + model_paths(job)
     check_outputs_not_inputs(inputs, [(f"outputs.{k}", v) for k, v in job.outputs.items()])
@@ -138,10 +139,6 @@ def run_job(job: Job, reporter: Reporter) -> int:
     try:
         runner = runner_for(job.task)
         check_job(job)
-        if job.threads is not None and (isinstance(job.threads, bool) or not isinstance(job.threads, int)
-                                        or job.threads < 1):
-            raise ConfigError(f"threads must be a whole number of at least 1, got {job.threads!r}",
-                              "leave it out to use the cores that are free, or give e.g. --threads 1")
         threads = set_threads(job.threads)
         reporter.started(job.task, model=job.model, device=job.device, threads=threads)
         warn_out_of_domain(job, reporter, runner)  # before minutes of work, for every task alike
