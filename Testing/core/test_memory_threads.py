@@ -98,6 +98,10 @@ def ctp_case(tmp_path_factory):
     return folder, _vm_peak_after(_CTP_SETUP, env), env
 
 
+#: Address space above the set-up's peak that holds one 8x256x256 item (about 0.65 GiB) with room, not three.
+ROOMY_LIMIT = 1500 * MiB
+
+
 def _inpaint(folder, limit, env, *extra):
     out = folder / "filled.seq.nrrd"
     out.unlink(missing_ok=True)
@@ -122,9 +126,11 @@ def test_ctp_out_of_memory_at_batch_one_is_out_of_memory_with_a_fix(ctp_case):
 
 @linux_only
 def test_ctp_halves_a_batch_that_does_not_fit(ctp_case):
-    """--batch-size 8 (3 items) under a limit that holds one (about 0.65 GiB) but not two (1.3 GiB): the batch is halved and the job finishes."""
+    """--batch-size 8 (3 items, about 2 GiB) under a limit that holds one item (about 0.65 GiB) with room to spare
+    but not all three: the batch is halved and the job finishes. The room is wide (1.5 GiB) because the address
+    space a failed attempt leaves behind varies from run to run (1.2 GiB was once too little for one item)."""
     folder, base, env = ctp_case
-    result, events, out = _inpaint(folder, base + 1200 * MiB, env, "--batch-size", "8")
+    result, events, out = _inpaint(folder, base + ROOMY_LIMIT, env, "--batch-size", "8")
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"]
     assert any("did not fit in memory" in w for w in warnings), warnings
@@ -135,12 +141,12 @@ def test_ctp_halves_a_batch_that_does_not_fit(ctp_case):
 def test_ctp_chooses_its_batch_from_free_memory(ctp_case):
     """The default batch under the same limit is chosen from the address space left: no failed batch at all."""
     folder, base, env = ctp_case
-    result, events, out = _inpaint(folder, base + 1200 * MiB, env)
+    result, events, out = _inpaint(folder, base + ROOMY_LIMIT, env)
     assert result.returncode == 0, result.stdout + result.stderr
     logs = [e for e in events if e["event"] == "log"]
     assert not any("did not fit" in e["message"] for e in logs)
     chosen = [e["message"] for e in logs if "chosen from free memory" in e["message"]]
-    assert chosen and "of up to 1 " in chosen[0], chosen  # 3 items, but half of 1.2 GiB holds one (estimated 0.8 GiB)
+    assert chosen and "of up to 1 " in chosen[0], chosen  # 3 items, but half of 1.5 GiB holds one (estimated 0.8 GiB)
 
 
 def test_free_cores_subtracts_the_load():
@@ -167,9 +173,24 @@ def test_threads_from_the_job_file_and_the_default(tmp_path):
     result = _phantom_job(tmp_path)
     assert result.returncode == 0, result.stderr
     assert 1 <= started(result)["threads"] <= usable_cores()
-    result = _phantom_job(tmp_path, threads=0)
-    assert result.returncode == EXIT_STATUS[ErrorCode.BAD_CONFIG]
-    assert "threads" in result.stdout
+    for bad in (0, 100_000_000):
+        result = _phantom_job(tmp_path, threads=bad)
+        assert result.returncode == EXIT_STATUS[ErrorCode.BAD_CONFIG], (bad, result.stdout)
+        assert "threads" in result.stdout and "1 to 1024" in result.stdout
+    result = _phantom_job(tmp_path, threads="2")
+    assert result.returncode == EXIT_STATUS[ErrorCode.BAD_CONFIG] and "threads" in result.stdout
+
+
+def test_threads_option_is_ranged_on_the_command_line(tmp_path):
+    out = tmp_path / "p.seq.nrrd"
+    result = subprocess.run([sys.executable, "-m", "meddiffcore.cli", "phantom", "ctp", "--out", str(out), "--size", "16",
+                             "--slices", "2", "--frames", "3", "--threads", "100000000"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == EXIT_STATUS[ErrorCode.BAD_CONFIG], result.stderr
+    assert "threads" in result.stderr and not out.exists()
+    shown = subprocess.run([sys.executable, "-m", "meddiffcore.cli", "phantom", "ctp", "--help"],
+                           capture_output=True, text=True, timeout=300).stdout
+    assert "1 to 1024" in " ".join(shown.split())
 
 
 def test_threads_option_of_every_job_command(tmp_path):
