@@ -21,7 +21,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["tpdm", "fast"], default="fast",
                    help="tpdm: the seed's predictor-corrector + DPS sampler (thousands of network passes); "
                         "fast: DDS-style few steps with conjugate-gradient data consistency (default)")
-    p.add_argument("--steps", type=int, default=None, help="noise levels (default: the card's, tpdm 1000, fast 50)")
+    p.add_argument("--steps", type=int, default=None, help="noise levels (default: the model card's)")
     p.add_argument("--K", type=float, default=None,
                    help="prior alternation: integer K = K-1 primary steps then 1 auxiliary; fractional K = primary with "
                         "probability 1-1/K (defaults: tpdm 2.7 as the seed, fast 2)")
@@ -95,7 +95,7 @@ def register(subparsers, groups) -> None:
     ev.add_argument("--phantoms", type=int, default=2, help="held-out phantoms per setting (seeds 90000...)")
     ev.add_argument("--size", type=int, default=32, help="phantom cube edge")
     ev.add_argument("--modes", default="fast", help="comma-separated: fast, tpdm")
-    ev.add_argument("--steps", type=int, default=None, help="fast-mode steps (default 50)")
+    ev.add_argument("--steps", type=int, default=None, help="fast-mode steps (default: the model card's)")
     ev.add_argument("--tpdm-steps", type=int, default=None, help="tpdm-mode steps (default 1000)")
     ev.add_argument("--views", default="8,16,32")
     ev.add_argument("--accelerations", default="4,8")
