@@ -10,7 +10,10 @@ together: the work items are (missing frame, slab) pairs, run ``batch_size`` at 
 time. Slabs are ``slab_slices`` thick (the model's), placed with overlap and
 blended with linear ramps along z, so there are no seams; a sequence with fewer
 slices is padded by edge replication. In-plane sizes are padded (edge) to what
-the UNet needs and cropped back.
+the UNet needs and cropped back. The CTP authors' network runs on frames larger
+than it was trained on (192 x 192) through overlapping in-plane windows of its
+trained size, blended into one whole-frame estimate at every network evaluation
+(:func:`~.model.in_plane_layout`), so the windows are denoised together.
 
 Where the network cannot see (outside the tissue mask, or where either known
 frame lies outside the HU window, e.g. an enhancing artery at its peak) the
@@ -30,7 +33,7 @@ from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluation
 from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
 from . import authors
 from .authors import uses_authors_rules
-from .model import LoadedModel, denoiser_for, in_plane_padding, linear_between
+from .model import InPlaneWindows, LoadedModel, denoiser_for, in_plane_layout, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
 #: How far (a fraction of the window width) values may lie beyond the window and still be seen by the
@@ -108,7 +111,8 @@ def sampling_sigmas(diffusion, steps: int, spacing: str | None = None) -> torch.
 def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
                     weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
                     generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
-                    spacing: str | None = None, margin: float = 0.0) -> torch.Tensor:
+                    spacing: str | None = None, margin: float = 0.0,
+                    windows: InPlaneWindows | None = None) -> torch.Tensor:
     """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
 
     The linear interpolation plus the residual the model gives: its posterior
@@ -116,8 +120,16 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
     evaluation) or a sample drawn with ``sampler`` in ``steps`` steps. A model whose
     diffusion variable is the frame itself (``diffusion.target == "frame"``, the
     CTP authors') gives the frame directly, within the window as it was trained.
+    With ``windows``, every evaluation runs the network on those overlapping
+    in-plane windows of the whole frames (known frames cut alike, the context
+    repeated) and blends them into one whole-frame estimate.
     """
     denoiser = denoiser_for(net, diffusion)
+    if windows is not None:
+        from meddiffcore.diffusion.patches import PatchedDenoiser
+
+        denoiser = PatchedDenoiser(denoiser, (known.shape[2], *windows.size), (0, *windows.overlap),
+                                   max_batch=windows.per_call)
     sigmas = sampling_sigmas(diffusion, steps, spacing).to(known.device)
     shape = (known.shape[0], 1, *known.shape[2:])
     x = initial_noise(shape, sigmas, generator, device=known.device)
@@ -178,7 +190,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         mask = tissue_mask(first, level, width * (1.0 + 2.0 * KNOWN_MARGIN))
         plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     pad_z = max(0, slab - n_z)
-    pad_y, pad_x = in_plane_padding(model.net, max(n_z, slab), n_y, n_x)
+    pad_y, pad_x, windows = in_plane_layout(model.net, max(n_z, slab), n_y, n_x)
     zs = n_z + pad_z
     starts = slab_starts(zs, slab)
 
@@ -208,7 +220,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         try:
             out = _estimate_chunk(model, chunk, plan, padded, slab, device, estimate=estimate, sampler=sampler,
                                   steps=steps, generator=generator, callback=callback, spacing=spacing,
-                                  margin=margin)
+                                  margin=margin, windows=windows)
         except (MemoryError, RuntimeError) as exc:
             from meddiffcore.devices import is_out_of_memory, out_of_memory_error
 
@@ -241,14 +253,16 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     stats = {"network_evaluations": evaluations_per_batch(estimate, sampler, steps) * n_batches, "batches": n_batches,
              "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
              "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets),
-             "batch_size": batch, "batch_chosen": chosen}
+             "batch_size": batch, "batch_chosen": chosen,
+             "windows": 1 if windows is None else windows.count,
+             "window": None if windows is None else list(windows.size)}
     return frames, stats
 
 
 def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: InpaintPlan, padded: dict, slab: int,
                     device: torch.device, *, estimate: str, sampler: str, steps: int,
                     generator: torch.Generator | None, callback, spacing: str | None = None,
-                    margin: float = 0.0) -> np.ndarray:
+                    margin: float = 0.0, windows: InPlaneWindows | None = None) -> np.ndarray:
     """(len(chunk), slab, Y, X) frames in window units for the (target, slab start) items of ``chunk``."""
     targets = [plan.targets[ti] for ti, _ in chunk]
     known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
@@ -259,7 +273,7 @@ def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: Inpa
         out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
                               torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
                               estimate=estimate, sampler=sampler, steps=steps, generator=generator,
-                              callback=callback, spacing=spacing, margin=margin)
+                              callback=callback, spacing=spacing, margin=margin, windows=windows)
     return out[:, 0].float().cpu().numpy()
 
 

@@ -138,6 +138,9 @@ def run_inpaint(job, reporter) -> dict[str, str]:
         reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches of up to {stats['batch_size']}"
                      f"{' (chosen from free memory)' if stats['batch_chosen'] else ''}: "
                      f"{stats['network_evaluations']} network evaluations; bolus peak at {stats['peak_s']:g} s")
+        if stats["window"]:
+            reporter.log(f"the network ran on {stats['windows']} in-plane windows of {stats['window'][0]}x"
+                         f"{stats['window'][1]} per evaluation, blended into whole frames")
     out = Sequence(assemble(seq.array, plan, frames), seq.ijk_to_ras.copy(), plan.times_s.copy(),
                    {k: v for k, v in seq.metadata.items() if k in ("index_name",)})
     write_ctp_sequence(out, out_path)
