@@ -92,8 +92,19 @@ def _row_jumps(frame: torch.Tensor, axis: int) -> np.ndarray:
     return d.mean(dim=tuple(a for a in range(3) if a != axis)).numpy()
 
 
-def test_blended_windows_cut_the_seam_the_plain_average_of_the_same_windows_leaves(home):
-    from meddiffcore.diffusion.patches import PatchedDenoiser
+def _plain_average(denoiser, x, sigma, cond, regions) -> torch.Tensor:
+    """The windows each run on their own and averaged with equal weights: what a blend without ramps gives."""
+    total, count = torch.zeros(x.shape[2:]), torch.zeros(x.shape[2:])
+    for r in regions:
+        part = denoiser(x[(slice(None), slice(None)) + r], sigma, concat=cond["concat"][(slice(None), slice(None)) + r],
+                        embedding=cond["embedding"])
+        total[r] += part[0, 0]
+        count[r] += 1
+    return total / count
+
+
+def test_blended_windows_leave_no_seam_where_the_plain_average_of_the_same_windows_does(home):
+    from meddiffcore.diffusion.patches import PatchedDenoiser, patch_grid
     from meddiffcore.tasks.ctp.model import denoiser_for, in_plane_layout, load_for_inference
 
     model = load_for_inference(_tiny_authors_model(), torch.device("cpu"))
@@ -109,7 +120,7 @@ def test_blended_windows_cut_the_seam_the_plain_average_of_the_same_windows_leav
     with torch.inference_mode():
         whole = denoiser(x, sigma, **cond)[0, 0]  # this network also takes the whole frame: the reference
         blended = PatchedDenoiser(denoiser, (2, *windows.size), (0, *windows.overlap), windows.per_call)(x, sigma, **cond)[0, 0]
-        plain = PatchedDenoiser(denoiser, (2, *windows.size), (0, 0, 0), windows.per_call)(x, sigma, **cond)[0, 0]
+        plain = _plain_average(denoiser, x, sigma, cond, patch_grid((2, 80, 96), (2, *windows.size), (0, *windows.overlap)))
     # Random weights give each window a strong border artefact (zero padding, attention over the window), the
     # worst case for a seam; a trained network's is far weaker. The frame's own border is not a window edge.
     border = 12
@@ -118,7 +129,7 @@ def test_blended_windows_cut_the_seam_the_plain_average_of_the_same_windows_leav
         seam = _row_jumps(blended, axis)[border:-border].max()
         control = _row_jumps(plain, axis)[border:-border].max()
         assert control > 4.0 * reference  # the measure sees a seam: the same windows averaged without the ramps
-        assert seam < 0.4 * control, (axis, seam, control, reference)
+        assert seam < 2.0 * reference, (axis, seam, control, reference)  # as whole frames are, nearly
     assert torch.isfinite(blended).all() and blended.abs().max() <= 1.0  # x0 clamped in every window: blend too
 
 

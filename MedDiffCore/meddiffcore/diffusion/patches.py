@@ -60,6 +60,37 @@ def patch_weight(patch_shape, overlap) -> Tensor:
     return (wz[:, None, None] * wy[None, :, None] * wx[None, None, :]).float()
 
 
+def shared_ramp(start: int, length: int, starts: list[int]) -> Tensor:
+    """1-D weight of the patch at ``start`` among patches of ``length`` at ``starts``: a raised-cosine fade over
+    all it shares with each neighbour (up to half its length), 1 elsewhere, never 0.
+
+    Fading over the whole shared part, not only the least overlap asked for, gives the patch's own edge
+    (where the network sees the zero padding of its convolutions) the least weight, and a neighbour's fade
+    mirrors it."""
+    w = torch.ones(length, dtype=torch.float64)
+    before = [t for t in starts if t < start]
+    after = [t for t in starts if t > start]
+    lo = min(max(before) + length - start, length // 2) if before else 0
+    hi = min(start + length - min(after), length // 2) if after else 0
+    for o, at_start in ((lo, True), (hi, False)):
+        if o > 0:
+            r = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(o, dtype=torch.float64) + 0.5) / o)
+            if at_start:
+                w[:o] = r
+            else:
+                w[length - o:] = r.flip(0)
+    return w
+
+
+def region_weight(region: tuple[slice, ...], regions: list[tuple[slice, ...]]) -> Tensor:
+    """Separable (D, H, W) blending weight of ``region`` among the patch ``regions`` of one grid."""
+    ws = []
+    for axis, s in enumerate(region):
+        starts = sorted({r[axis].start for r in regions})
+        ws.append(shared_ramp(s.start, s.stop - s.start, starts))
+    return (ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]).float()
+
+
 class PatchedDenoiser:
     """Run ``denoiser`` on overlapping patches of the whole volume and blend the estimates.
 
@@ -68,7 +99,8 @@ class PatchedDenoiser:
             sample's number of dims is cut like the sample; any other (``(B, C)`` context vectors) is
             repeated for every patch.
         patch: patch size (z, y, x); clamped to the volume.
-        overlap: voxels shared by neighbouring patches (z, y, x).
+        overlap: the least voxels neighbouring patches share (z, y, x); the blend fades over all they share
+            (:func:`shared_ramp`).
         max_batch: patches per network call (memory bound).
         on_chunk: optional ``f(done, total)`` after each chunk (progress, cancellation).
     """
@@ -98,7 +130,7 @@ class PatchedDenoiser:
             out = predict(self.denoiser, xs, sigma.repeat(len(chunk)), **cs)
             self.calls += 1
             for n, r in enumerate(chunk):
-                w = patch_weight(tuple(s.stop - s.start for s in r), self.overlap).to(x.device, x.dtype)
+                w = region_weight(r, regions).to(x.device, x.dtype)
                 acc[(slice(None), slice(None)) + r] += w * out.x0[n * b:(n + 1) * b]
                 if out.var_interp is not None:
                     if acc_var is None:
