@@ -43,23 +43,6 @@ def patch_grid(shape, patch, overlap) -> list[tuple[slice, ...]]:
     return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
 
 
-def ramp(length: int, overlap: int) -> Tensor:
-    """1-D blending weight: a raised-cosine rise over ``overlap`` voxels at both ends, 1 inside; never 0."""
-    w = torch.ones(length, dtype=torch.float64)
-    o = min(overlap, length // 2)
-    if o > 0:
-        r = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(o, dtype=torch.float64) + 0.5) / o)
-        w[:o] = r
-        w[length - o:] = r.flip(0)
-    return w
-
-
-def patch_weight(patch_shape, overlap) -> Tensor:
-    """Separable (D, H, W) blending weight of one patch."""
-    wz, wy, wx = (ramp(n, o) for n, o in zip(patch_shape, overlap))
-    return (wz[:, None, None] * wy[None, :, None] * wx[None, None, :]).float()
-
-
 def shared_ramp(start: int, length: int, starts: list[int]) -> Tensor:
     """1-D weight of the patch at ``start`` among patches of ``length`` at ``starts``: a raised-cosine fade over
     all it shares with each neighbour (up to half its length), 1 elsewhere, never 0.

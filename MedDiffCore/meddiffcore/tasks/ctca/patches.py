@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from ...diffusion.patches import PatchedDenoiser, patch_grid, patch_starts, patch_weight, ramp
+from ...diffusion.patches import PatchedDenoiser, patch_grid, patch_starts, region_weight
 
-__all__ = ["PatchedDenoiser", "choose_patching", "patch_grid", "patch_starts", "patch_weight", "ramp"]
+__all__ = ["PatchedDenoiser", "choose_patching", "patch_grid", "patch_starts", "region_weight"]
 
 
 def choose_patching(shape, trained_patch, multiple, device, bytes_per_voxel: float, cpu_batch: int = 2) -> tuple[tuple[int, ...], int]:
