@@ -99,6 +99,10 @@ def test_the_authors_sampler_of_an_imported_ctp_model_fills_an_8_slice_sequence(
     params.steps, params.seed, params.device, params.interval = 2, 1, "cpu", 1.0
 
     lib = sys.modules[type(widget).__module__].ctp
+    from meddiffcore.diffusion import SAMPLERS
+    from meddiffcore.tasks.ctp.run import AUTHORS
+
+    assert set(lib.SAMPLERS) <= set(SAMPLERS) and lib.AUTHORS_SAMPLER == AUTHORS  # the engine's names
     written = []
 
     def keep_job_file(path, *args):  # the real job file, read back as the engine will read it
