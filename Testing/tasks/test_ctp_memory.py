@@ -189,3 +189,19 @@ def test_seed_layout_npy_is_written_slice_by_slice_and_byte_identical(tmp_path):
     np.save(reference, np.ascontiguousarray(np.moveaxis(arr, 0, -1)), allow_pickle=False)
     assert path.read_bytes() == reference.read_bytes()
     assert peak < arr.nbytes / 4, peak / 2**20  # one slice of all frames at a time (1/8 here), not the whole
+
+
+def test_perfusion_maps_convert_the_sequence_a_block_of_voxels_at_a_time():
+    """compute_perfusion of a 43-frame int16 sequence: the traced peak stays under twice the input (frame-sized maps
+    and baselines, one block of curves); it was 12x (float64 copies of the whole sequence and of its concentration
+    curves, 4x the input each). The maps do not depend on the block size."""
+    from meddiffcore.tasks.ctp.perfusion import compute_perfusion
+
+    ph = make_ctp_phantom(0, slices=16, size=96, frames=43)
+    seq = Sequence(np.rint(ph.sequence.array).astype(np.int16), ph.sequence.ijk_to_ras, ph.sequence.times_s)
+    peak, maps = _traced_peak(lambda: compute_perfusion(seq, svd_threshold=0.02, chunk=2048))
+    assert peak < 2 * seq.array.nbytes, (peak / 2**20, seq.array.nbytes / 2**20)
+    whole = compute_perfusion(seq, svd_threshold=0.02, chunk=16 * 96 * 96)
+    for name, value in maps.as_dict().items():
+        np.testing.assert_allclose(value, whole.as_dict()[name], rtol=1e-5, atol=1e-4, err_msg=name)
+    assert maps.tissue.sum() > 1000 and np.array_equal(maps.aif_hu, whole.aif_hu)
