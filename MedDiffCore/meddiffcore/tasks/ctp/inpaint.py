@@ -12,6 +12,10 @@ blended with linear ramps along z, so there are no seams; a sequence with fewer
 slices is padded by edge replication. In-plane sizes are padded (edge) to what
 the UNet needs and cropped back.
 
+Memory does not grow with the number of frames beyond the input and the output:
+:func:`fill_sequence` writes each frame into the output as its last slab finishes and
+holds only the known frames the batches in flight need in model units.
+
 Where the network cannot see (outside the tissue mask, or where either known
 frame lies outside the HU window, e.g. an enhancing artery at its peak) the
 frame is the linear interpolation in HU of the two known frames, so values the
