@@ -15,6 +15,14 @@ test-sized network (``--model tiny``: 2 base channels, one level, saved in a pri
     OMP_NUM_THREADS=2 python Testing/Benchmarks/ctp_memory.py --size 256 --frames 15
     OMP_NUM_THREADS=2 python Testing/Benchmarks/ctp_memory.py --size 512 --frames 5 15 --model ctp-demo
 
+``--traced`` instead runs the data path in this process under tracemalloc (NumPy's allocations; the network's
+are torch's and not traced), with the network call replaced by a stand-in (the mean of the two known frames), so
+that a full-size run takes a minute: the traced peak of reading, filling and writing. With ``PYTHONPATH`` set to
+another checkout's ``MedDiffCore`` it measures that code (before issue 17's fill_sequence: inpaint_frames and
+assemble)::
+
+    OMP_NUM_THREADS=2 python Testing/Benchmarks/ctp_memory.py --size 512 --frames 15 --traced
+
 This is a script, not a test: it prints figures and asserts nothing.
 """
 
@@ -64,6 +72,56 @@ def make_sequence(path: Path, size: int, slices: int, frames: int) -> None:
     write_sequence(Sequence(np.round(seq.array).astype(np.int16), seq.ijk_to_ras, seq.times_s), path)
 
 
+def traced(src: Path, dst: Path, home: Path) -> None:
+    """Read, fill and write ``src`` in this process; print each stage's traced peak against input + output."""
+    import tracemalloc
+
+    import torch
+
+    from meddiffcore.io import Sequence
+    from meddiffcore.tasks.ctp import inpaint
+    from meddiffcore.tasks.ctp.model import load_for_inference
+    from meddiffcore.tasks.ctp.plan import make_plan
+    from meddiffcore.tasks.ctp.sequences import read_ctp_sequence, write_ctp_sequence
+
+    def stand_in(model, chunk, plan, padded, slab, device, **kw):  # the two known frames' mean, in model units
+        return np.stack([0.5 * (padded[plan.targets[ti].left][s:s + slab] + padded[plan.targets[ti].right][s:s + slab])
+                         for ti, s in chunk]).astype(np.float32)
+
+    inpaint._estimate_chunk = stand_in
+    os.environ["MEDDIFF_HOME"] = str(home)
+    save_tiny_model(home)
+    model = load_for_inference(TINY, torch.device("cpu"))
+    mb = 1 << 20
+    tracemalloc.start()
+    peaks = []
+
+    def stage(name, fn):
+        tracemalloc.reset_peak()
+        result = fn()
+        peaks.append((name, tracemalloc.get_traced_memory()[1]))
+        return result
+
+    seq = stage("read", lambda: read_ctp_sequence(src))
+    plan = make_plan(seq.times_s, interval_s=1.0, max_gap_s=model.max_gap_s)
+    options = dict(steps=1, sampler="dpmpp_2m", device=torch.device("cpu"), batch_size=1,
+                   generator=torch.Generator().manual_seed(0))
+    if hasattr(inpaint, "fill_sequence"):
+        out = stage("fill", lambda: inpaint.fill_sequence(seq.array, seq.times_s, plan, model, **options)[0])
+    else:  # the code before issue 17's bounded memory
+        frames = stage("fill", lambda: inpaint.inpaint_frames(seq.array, seq.times_s, plan, model, **options)[0])
+        out = stage("assemble", lambda: inpaint.assemble(seq.array, plan, frames))
+        del frames
+    in_b, out_b = seq.array.nbytes, out.nbytes
+    result = Sequence(out, seq.ijk_to_ras, plan.times_s)
+    del seq
+    stage("write", lambda: write_ctp_sequence(result, dst))
+    tracemalloc.stop()
+    print(f"{len(plan.known)} -> {len(plan.times_s)} frames, input + output {in_b / mb:.0f} + {out_b / mb:.0f} MB; "
+          "traced peak per stage: " + ", ".join(f"{name} {peak / mb:.0f} MB" for name, peak in peaks)
+          + f"; largest {max(p for _, p in peaks) / (in_b + out_b):.2f}x input + output", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="in-plane size (default 512)")
@@ -72,9 +130,17 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="'tiny' (default: see above) or a model name, e.g. ctp-demo")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--traced", action="store_true", help="the data path in-process under tracemalloc, "
+                        "the network call replaced by a stand-in")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="meddiff_ctp_memory_"))
+    if args.traced:
+        for n in args.frames:
+            make_sequence(folder / f"in{n}.seq.nrrd", args.size, args.slices, n)
+            traced(folder / f"in{n}.seq.nrrd", folder / f"out{n}.seq.nrrd", folder / "home")
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     env = dict(os.environ)
     model = args.model
     if model == "tiny":
