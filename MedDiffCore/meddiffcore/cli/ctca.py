@@ -27,7 +27,11 @@ def register(subparsers, groups) -> None:
                    help="classifier-free guidance scale: 1 = conditional model alone, 0 = unconditional, "
                         f">1 = stronger label adherence (two network passes per step) ({CARD_DEFAULT})")
     p.add_argument("--samples", type=int, default=1, help="synthetic CTs per label map (_01, _02... are added)")
-    p.add_argument("--hr-model", default=None, help="high-resolution patch model (optional)")
+    p.add_argument("--hr-model", default=None,
+                   help="optional second stage: a high-resolution patch model (e.g. ctca-hr-demo, 1 mm) that refines the "
+                        "result on its finer grid; it samples with its own card's defaults unless --steps, --sampler or "
+                        "--guidance are given (they apply to both stages). The CT lies on the label map's grid: give a "
+                        "map at the patch model's spacing or finer to keep the detail")
     p.add_argument("--preview", default=None, help="also write a PNG preview (a folder for a batch)")
     add_job_options(p)
     p.set_defaults(handler=_synthesize)

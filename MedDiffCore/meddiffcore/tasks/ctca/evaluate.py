@@ -67,6 +67,13 @@ def nearest_rmse(volume_hu: np.ndarray, training: list[np.ndarray]) -> float:
     return float(min(np.sqrt(np.mean((v - t) ** 2)) for t in training))
 
 
+def _write_json(path: str, figures: dict) -> None:
+    from ...io.atomic import atomic_output
+
+    with atomic_output(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+
 def _mean_dicts(items: list[dict]) -> dict:
     keys = sorted({k for d in items for k in d})
     return {k: float(np.mean([d[k] for d in items if k in d])) for k in keys}
@@ -139,10 +146,7 @@ def evaluate_model(model_ref: str, *, phantoms: int = 10, samples: int = 2, step
         "device": str(dev), "torch_threads": torch.get_num_threads(),
     }
     if json_path:
-        from ...io.atomic import atomic_output
-
-        with atomic_output(Path(json_path)) as tmp:
-            Path(tmp).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        _write_json(json_path, figures)
     if update_card:
         store_metrics(model_ref, figures)
     return figures
@@ -255,10 +259,7 @@ def evaluate_high_resolution(model_ref: str, hr_model_ref: str, *, phantoms: int
         "device": str(dev), "torch_threads": torch.get_num_threads(),
     }
     if json_path:
-        from ...io.atomic import atomic_output
-
-        with atomic_output(Path(json_path)) as tmp:
-            Path(tmp).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        _write_json(json_path, figures)
     if update_card:
         command = (f"meddiff evaluate ctca --model {model_ref} --hr-model {hr_model_ref} --phantoms {phantoms} "
                    f"--samples {samples} --seed {seed}"
