@@ -148,9 +148,9 @@ def test_high_resolution_choice_lists_the_patch_models_and_runs_the_second_stage
         hr_box, model_box = widget.ui.hrModelComboBox, widget.ui.modelComboBox
         hr_names = [hr_box.itemText(i) for i in range(hr_box.count())]
         model_names = [model_box.itemText(i) for i in range(model_box.count())]
-        assert hr_names[0] == "none" and {"ctca-slicer-tiny-hr"} <= set(hr_names)
+        assert hr_names[0] == "none" and {"ctca-hr-demo", "ctca-slicer-tiny-hr"} <= set(hr_names)
         assert "ctca-demo" not in hr_names and TINY_MODEL in model_names
-        assert not {"ctca-slicer-tiny-hr"} & set(model_names)
+        assert not {"ctca-hr-demo", "ctca-slicer-tiny-hr"} & set(model_names)
         assert params.hrModel == "" and "hr_model" not in widget.logic.options(params).params()
 
         hr_box.setCurrentIndex(hr_names.index("ctca-slicer-tiny-hr"))  # what the user does in the box
