@@ -90,7 +90,11 @@ def test_bundled_hr_model_refines_a_small_label_map_end_to_end(monkeypatch, tmp_
                        "--progress", "json", *extra])
         out = capsys.readouterr().out
         assert rc == 0, out[-2000:]
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        warned = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"
+                  and "below its baseline" in e["message"]]
+        # the card says the demo patch stage loses to the LR result alone: said whenever it runs, never otherwise
+        assert len(warned) == (0 if name == "lr" else 1) and all("ctca-hr-demo" in w for w in warned), warned
     (line,) = [e["message"] for e in events if e["event"] == "log" and e["message"].startswith("settings: ")]
     settings = json.loads(line[len("settings: "):])
     lr_stage, hr_stage = settings["stages"]

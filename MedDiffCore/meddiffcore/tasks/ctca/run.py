@@ -139,6 +139,11 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     if model.stage != "lr" or (hr_model is not None and hr_model.stage != "patch"):
         raise ConfigError("--model must be a low-resolution ('lr') CTCA model and --hr-model a 'patch' model",
                           "see the stage in each model card (`meddiff models list`)")
+    for model_ in (model, hr_model):
+        for what, figures in (model_.card.below_baseline() if model_ is not None else {}).items():
+            reporter.warning(f"model '{model_.card.name}' ({what}) is below its baseline by its card: {figures}",
+                             "leave out --hr-model for the low-resolution result alone" if model_ is hr_model
+                             else "see the model card's figures (`meddiff models list --json`)")
     asked = {"steps": job.params.get("steps"), "sampler": job.params.get("sampler"), "seed": job.seed,
              "guidance": float(job.params["guidance"]) if job.params.get("guidance") is not None else None}
     settings = SynthesisSettings.of_model(model, **asked)
