@@ -88,6 +88,13 @@ def low_resolution(model: CTCAModel, labels: Volume, settings: SynthesisSettings
     return ijk_to_ras, x[0, 0].float().cpu().numpy()
 
 
+def to_int16_hu(x: np.ndarray, window) -> np.ndarray:
+    """Model units -> HU rounded and clipped to the CT range, in place on the float32 slab ``x``."""
+    hu = model_to_hu(x, window, out=x)
+    np.round(hu, out=hu)
+    return np.clip(hu, -1024, 3071, out=hu)
+
+
 def activation_bytes_per_voxel(model: CTCAModel, guidance: float) -> float:
     """A generous estimate of inference memory per voxel of one patch (for choosing the patch size)."""
     c = model.net.config
@@ -133,7 +140,7 @@ def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *,
                 x = hu_to_model(model_to_hu(x, window), hr_model.hu_window)
                 window = hr_model.hu_window
             grid, x = high_resolution(hr_model, labels, grid, x, settings, generator, device, callback, record)
-    hu = model_to_hu(resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest"), window)
-    array = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    array = resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest", dtype=np.int16,
+                     convert=lambda slab: to_int16_hu(slab, window))
     return Volume(array, labels.ijk_to_ras.copy(), {"guidance": settings.guidance, "steps": settings.steps,
                                                   "sampler": settings.sampler, "seed": settings.seed})
