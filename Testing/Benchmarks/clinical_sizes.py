@@ -228,6 +228,34 @@ def array_bytes(path: Path) -> int:
         return int(read_sequence(path).array.nbytes)
 
 
+MB = 1 << 20
+HEADER = (f"{'task':5} {'input':>24} {'steps':>5} {'in MB':>8} {'out MB':>8} {'wall s':>7} {'job s':>7} "
+          f"{'peak MB':>8} {'bare MB':>8} {'engine MB':>9} {'peak/(in+out)':>13} {'-bare':>6} {'-engine':>8} "
+          f"{'outside net':>11}")
+
+
+def print_row(task, src, in_b, out_b, result, floor, working, steps, job_s, net_s, warnings) -> None:
+    from meddiffcore.domain import header_geometry
+
+    mb = MB
+    geo = header_geometry(src)
+    shape = "x".join(map(str, geo[0][1])) if geo else "?"
+    if task == "ctp":
+        shape += "x45t"
+    peak = result["rss"]
+    ratio = f"{peak / (in_b + out_b):.1f}x" if peak else "n/a"
+    ratio_net = f"{(peak - floor) / (in_b + out_b):.1f}x" if peak and floor else "n/a"
+    ratio_ws = f"{(peak - working) / (in_b + out_b):.1f}x" if peak and working else "n/a"
+    outside = f"{(job_s - net_s) / job_s * 100:.0f} %" if job_s else "n/a"
+    if steps != "card":
+        outside += "*"
+    print(f"{task:5} {shape:>24} {steps:>5} {in_b / mb:8.1f} {out_b / mb:8.1f} {result['wall_s']:7.1f} "
+          f"{job_s or 0:7.1f} {(peak or 0) / mb:8.0f} {(floor or 0) / mb:8.0f} {(working or 0) / mb:9.0f} "
+          f"{ratio:>13} {ratio_net:>6} {ratio_ws:>8} {outside:>11}", flush=True)
+    for w in warnings:
+        print(f"      warning: {w}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="in-plane size factor (0.25: 128^2 for 512^2)")
@@ -282,30 +310,12 @@ def main() -> None:
         steps = "card" if task == "ctp" or not (args.steps or (task == "ctca" and args.ctca_steps)) else \
             str(args.ctca_steps or args.steps if task == "ctca" else args.steps)
         rows.append((task, src, in_b, out_b, result, floor, working, steps, job_s, net_s, warnings))
-    mb = 1 << 20
+        print("  " + HEADER + "\n  ", end="")
+        print_row(*rows[-1])  # as soon as the job is done: a long run keeps what it measured
     print()
-    print(f"{'task':5} {'input':>24} {'steps':>5} {'in MB':>8} {'out MB':>8} {'wall s':>7} {'job s':>7} "
-          f"{'peak MB':>8} {'bare MB':>8} {'engine MB':>9} {'peak/(in+out)':>13} {'-bare':>6} {'-engine':>8} "
-          f"{'outside net':>11}")
-    for task, src, in_b, out_b, result, floor, working, steps, job_s, net_s, warnings in rows:
-        from meddiffcore.domain import header_geometry
-
-        geo = header_geometry(src)
-        shape = "x".join(map(str, geo[0][1])) if geo else "?"
-        if task == "ctp":
-            shape += "x45t"
-        peak = result["rss"]
-        ratio = f"{peak / (in_b + out_b):.1f}x" if peak else "n/a"
-        ratio_net = f"{(peak - floor) / (in_b + out_b):.1f}x" if peak and floor else "n/a"
-        ratio_ws = f"{(peak - working) / (in_b + out_b):.1f}x" if peak and working else "n/a"
-        outside = f"{(job_s - net_s) / job_s * 100:.0f} %" if job_s else "n/a"
-        if steps != "card":
-            outside += "*"
-        print(f"{task:5} {shape:>24} {steps:>5} {in_b / mb:8.1f} {out_b / mb:8.1f} {result['wall_s']:7.1f} "
-              f"{job_s or 0:7.1f} {(peak or 0) / mb:8.0f} {(floor or 0) / mb:8.0f} {(working or 0) / mb:9.0f} "
-              f"{ratio:>13} {ratio_net:>6} {ratio_ws:>8} {outside:>11}")
-        for w in warnings:
-            print(f"      warning: {w}")
+    print(HEADER)
+    for row in rows:
+        print_row(*row)
     print(f"targets: peak <= {TARGET_RATIO:g}x (input + output), judged on '-engine' (peak minus the engine's "
           f"fixed working set); time outside the network <= {TARGET_OUTSIDE * 100:.0f} % of the job")
     print("bare: a process that imports torch and the task; engine: one that also loads the job's model and runs one "
