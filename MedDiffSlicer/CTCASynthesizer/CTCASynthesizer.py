@@ -35,6 +35,9 @@ from MedDiffSlicerLib.models import card_summary, label_names, label_table, list
 from MedDiffSlicerLib.panel import ParameterNodePanel, current_text, fill_model_combo, showing_errors
 from MedDiffSlicerLib.preflight import ReportCache, preflight
 
+#: The high-resolution box's first entry: no second stage.
+NO_HR_MODEL = "none"
+
 
 class CTCASynthesizer(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -59,6 +62,7 @@ class CTCASynthesizerParameterNode:
 
     inputNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]  # None is required by Slicer's wrapper
     model: str = ""  # not bound to its combo box: the choices are the installed models, known only at run time
+    hrModel: str = ""  # the optional high-resolution (patch) model; "" = none (not bound either)
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     guidance: Annotated[float, WithinRange(-1.0, 10.0)] = -1.0
     seed: Annotated[int, WithinRange(-1, 2**31 - 1)] = -1
@@ -89,6 +93,7 @@ class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
         self.ui.mappingTable.setHorizontalHeaderLabels([_("Segment"), _("Label")])
         self.ui.batchButton.clicked.connect(self.onBatchButton)
         self.ui.inputSelector.currentNodeChanged.connect(self.onInputChanged)
+        self.ui.hrModelComboBox.currentTextChanged.connect(self.onHrModelChanged)
         self.finishSetup()
 
     @property
@@ -106,13 +111,22 @@ class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
 
     # -- models ------------------------------------------------------------------------------------------------
     def refreshModels(self) -> None:
-        """The installed CTCA models (read from their cards: no engine process, no wait)."""
-        cards = self.logic.models(refresh=True)
+        """The installed CTCA models (read from their cards: no engine process, no wait): the low-resolution ones in
+        the model box, the high-resolution (patch) ones after "none" in the high-resolution box."""
+        self.logic.models(refresh=True)
+        cards = self.logic.models(stage="lr")
         fill_model_combo(self.ui.modelComboBox, [card["name"] for card in cards],
                          self._parameterNode.model if self._parameterNode else "")
+        fill_model_combo(self.ui.hrModelComboBox, [NO_HR_MODEL] + [card["name"] for card in self.logic.models(stage="patch")],
+                         (self._parameterNode.hrModel if self._parameterNode else "") or NO_HR_MODEL)
         self.onModelChanged(current_text(self.ui.modelComboBox))
         if not cards:
             self.ui.statusLabel.setText(_("No CTCA model installed: import one in the Models section."))
+
+    def onHrModelChanged(self, name) -> None:
+        with showing_errors(_("Choosing the high-resolution model failed.")):
+            if self._parameterNode:
+                self._parameterNode.hrModel = "" if not name or name == NO_HR_MODEL else name
 
     def onModelChanged(self, name) -> None:
         with showing_errors(_("Showing the model failed.")):
@@ -162,6 +176,10 @@ class CTCASynthesizerWidget(ParameterNodePanel, ScriptedLoadableModuleWidget, VT
             index = self.ui.modelComboBox.findText(self._parameterNode.model)
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
+        if self._parameterNode:
+            index = self.ui.hrModelComboBox.findText(self._parameterNode.hrModel or NO_HR_MODEL)
+            if index >= 0 and index != self.ui.hrModelComboBox.currentIndex:
+                self.ui.hrModelComboBox.setCurrentIndex(index)
         self.runner.update_button(bool(self._parameterNode and self._parameterNode.inputNode))
         self.ui.batchButton.setEnabled(not self.runner.running)
 
@@ -196,18 +214,22 @@ class CTCASynthesizerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return CTCASynthesizerParameterNode(super().getParameterNode())
 
-    def models(self, refresh: bool = False) -> list:
+    def models(self, refresh: bool = False, stage: Optional[str] = None) -> list:
+        """The installed CTCA model cards; ``stage`` "lr" or "patch": only the models of that stage."""
         if self._cards is None or refresh:
             self._cards = list_models(task="ctca", env=self.engineEnv)
-        return self._cards
+        return [c for c in self._cards if stage is None or ctca.model_stage(c) == stage]
 
     def card(self, name: str) -> Optional[dict]:
+        """The card of model ``name``; "" = the first low-resolution model (the default of the model box)."""
         cards = self._cards or []
-        return next((c for c in cards if c["name"] == name), cards[0] if cards and not name else None)
+        first = next((c for c in cards if ctca.model_stage(c) == "lr"), None)
+        return next((c for c in cards if c["name"] == name), first if not name else None)
 
     def options(self, parameterNode) -> ctca.SynthesisOptions:
         return ctca.SynthesisOptions(model=parameterNode.model, steps=parameterNode.steps, guidance=parameterNode.guidance,
-                                     seed=parameterNode.seed, samples=parameterNode.samples, device=parameterNode.device)
+                                     seed=parameterNode.seed, samples=parameterNode.samples, device=parameterNode.device,
+                                     hr_model=parameterNode.hrModel)
 
     def preflight(self, parameterNode) -> list:
         return preflight(parameterNode.device, self.card(parameterNode.model), reports=self.engineReports)

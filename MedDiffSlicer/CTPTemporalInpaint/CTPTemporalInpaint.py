@@ -63,6 +63,8 @@ class CTPTemporalInpaintParameterNode:
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     interval: Annotated[float, WithinRange(0.1, 60.0)] = 1.0
     estimate: Annotated[str, Choice(["mean", "sample"])] = "mean"
+    # "default": the model card's; "authors": the published model's own sampler (always a sample)
+    sampler: Annotated[str, Choice(["default", *ctp.SAMPLERS, ctp.AUTHORS_SAMPLER])] = "default"
     perfusionMaps: bool = False
     importModelFile: pathlib.Path = pathlib.Path()
     wheelFolder: pathlib.Path = pathlib.Path()  # offline install: a folder of wheels
@@ -101,6 +103,7 @@ class CTPTemporalInpaintWidget(ParameterNodePanel, ScriptedLoadableModuleWidget,
         current = self._parameterNode.model if self._parameterNode else ""
         fill_model_combo(self.ui.modelComboBox, self.logic.catalog.names(), current)
         show_card(self.ui.modelCardText, self.logic.catalog.card(current_text(self.ui.modelComboBox)))
+        self._showSampler()
         if not self.logic.catalog.cards:
             self.ui.statusLabel.setText(_("No CTP model installed: import one in the Models section."))
 
@@ -109,6 +112,18 @@ class CTPTemporalInpaintWidget(ParameterNodePanel, ScriptedLoadableModuleWidget,
             if self._parameterNode and name and self._parameterNode.model != name:
                 self._parameterNode.model = name
             show_card(self.ui.modelCardText, self.logic.catalog.card(name))
+            self._showSampler()
+
+    def _showSampler(self) -> None:
+        """The model's default and authors' samplers beside the choice; the estimate choice is off for "authors"
+        (the authors' sampler always draws a sample)."""
+        params = self._parameterNode
+        card = self.logic.catalog.card(params.model) if params and params.model else None
+        text = ctp.sampler_text(card)
+        if params and params.sampler == ctp.AUTHORS_SAMPLER and card and not ctp.has_authors_sampler(card):
+            text += _(" - this model has no authors' sampler: choose another")
+        self.ui.samplerInfoLabel.setText(text)
+        self.ui.estimateComboBox.setEnabled(not (params and params.sampler == ctp.AUTHORS_SAMPLER))
 
     # -- input: times and bad frames -----------------------------------------------------------------------------
     def onInputChanged(self, node) -> None:
@@ -151,6 +166,7 @@ class CTPTemporalInpaintWidget(ParameterNodePanel, ScriptedLoadableModuleWidget,
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
                 show_card(self.ui.modelCardText, self.logic.catalog.card(self._parameterNode.model))
+        self._showSampler()
         self.runner.update_button(bool(self._parameterNode and self._parameterNode.inputNode))
 
     def startJob(self) -> None:
@@ -179,7 +195,9 @@ class CTPTemporalInpaintLogic(ScriptedLoadableModuleLogic):
     def options(self, parameterNode, badFrames=()) -> ctp.InpaintOptions:
         return ctp.InpaintOptions(model=parameterNode.model, steps=parameterNode.steps, seed=parameterNode.seed,
                                   device=parameterNode.device, interval_s=parameterNode.interval,
-                                  estimate=parameterNode.estimate, bad_frames=list(badFrames), perfusion_maps=parameterNode.perfusionMaps)
+                                  estimate=parameterNode.estimate, bad_frames=list(badFrames),
+                                  perfusion_maps=parameterNode.perfusionMaps,
+                                  sampler="" if parameterNode.sampler == "default" else parameterNode.sampler)
 
     def start(self, parameterNode, badFrames=()):
         """Start inpainting the parameter node's input; returns the running job (poll or wait on it)."""

@@ -39,9 +39,13 @@ class SynthesisOptions:
     samples: int = 1
     device: str = "auto"
     sampler: str = ""
+    hr_model: str = ""
+    """The high-resolution (patch) model of the optional second stage; "" = none."""
 
     def params(self) -> dict:
         params: dict = {"samples": int(self.samples)}
+        if self.hr_model:
+            params["hr_model"] = self.hr_model
         if self.steps > 0:
             params["steps"] = int(self.steps)
         if self.guidance >= 0:
@@ -49,6 +53,11 @@ class SynthesisOptions:
         if self.sampler:
             params["sampler"] = self.sampler
         return params
+
+
+def model_stage(card: dict) -> str:
+    """A CTCA card's stage: "lr" (the whole volume from the labels) or "patch" (high resolution, a second stage)."""
+    return str((card.get("task_config") or {}).get("stage") or "lr")
 
 
 def normalised_name(name: str) -> str:

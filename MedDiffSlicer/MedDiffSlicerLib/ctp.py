@@ -30,6 +30,28 @@ MAPS = {"cbf": ("ml/100ml/min", (0.0, 80.0)), "cbv": ("ml/100ml", (0.0, 6.0)), "
 MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"
 #: Tolerance (s) when matching output frame times with acquired ones.
 TIME_TOLERANCE_S = 1e-3
+#: The sampler that runs what a published model's card records as its authors' (the CTP authors' model: ancestral
+#: over all 1500 training steps); the engine's name for it (``meddiff inpaint --sampler authors``).
+AUTHORS_SAMPLER = "authors"
+#: The samplers the panel offers besides the model card's default and the authors' (the engine's names).
+SAMPLERS = ("dpmpp_2m", "ddim", "euler", "heun", "ancestral")
+
+
+def has_authors_sampler(card: dict | None) -> bool:
+    """Whether a model card records its authors' sampler (an imported published model)."""
+    return bool(((card or {}).get("task_config") or {}).get("authors_sampler"))
+
+
+def sampler_text(card: dict | None) -> str:
+    """What the model card samples with by default, and its authors' sampler where it has one, for the panel."""
+    if not card:
+        return "-"
+    diffusion = card.get("diffusion") or {}
+    text = f"default: {diffusion.get('sampler', '?')}, {diffusion.get('sampling_steps', '?')} steps"
+    published = (card.get("task_config") or {}).get("authors_sampler")
+    if published:
+        text += f"; authors: {published.get('sampler', '?')}, {published.get('steps', '?')} steps (slow)"
+    return text
 
 
 @dataclass
@@ -37,18 +59,24 @@ class InpaintOptions(RunOptions):
     """Target interval in seconds; bad frames as 0-based indices into the input; maps on the filled sequence.
 
     ``estimate``: "mean" (the posterior-mean frame, one network evaluation), "sample" (drawn in ``steps``
-    steps) or "" (the model card's choice).
+    steps) or "" (the model card's choice). ``sampler``: "" (the card's), an engine sampler name, or
+    :data:`AUTHORS_SAMPLER` (the published model's own sampler, which draws a sample: the estimate is then
+    "sample" whatever ``estimate`` says).
     """
 
     interval_s: float = 1.0
     bad_frames: list[int] = field(default_factory=list)
     perfusion_maps: bool = False
     estimate: str = ""
+    sampler: str = ""
 
     def params(self) -> dict:
         params = {"interval": float(self.interval_s), "bad_frames": sorted(int(i) for i in self.bad_frames)}
-        if self.estimate:
-            params["estimate"] = self.estimate
+        if self.sampler:
+            params["sampler"] = self.sampler
+        estimate = "sample" if self.sampler == AUTHORS_SAMPLER else self.estimate
+        if estimate:
+            params["estimate"] = estimate
         return params
 
 

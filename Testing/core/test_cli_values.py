@@ -52,6 +52,22 @@ def test_card_decided_defaults_say_so_and_state_no_number():
     assert checked >= 10
 
 
+def test_help_names_every_published_format_and_variant_and_the_authors_sampler():
+    """`import-checkpoint --help` named only WDM, cWDM and TPDM, and `inpaint`/`upscale --help` did not say that
+    `--sampler authors` exists, though both imported models run it."""
+    from meddiffcore.checkpoints import FORMATS, variants
+
+    commands = dict(_commands())
+    text = " ".join(commands["models import-checkpoint"].format_help().split())
+    for fmt in FORMATS:
+        assert f"--format {fmt}" in text or f"{fmt}:" in text, fmt
+        for variant in variants(fmt):
+            assert variant in text, (fmt, variant)
+    for name in ("inpaint", "upscale", "generate"):
+        assert "authors" in (_option(commands[name], "sampler").help or ""), name
+    assert "1500" in _option(commands["inpaint"], "sampler").help  # what authors means for the CTP model
+
+
 @pytest.mark.parametrize("command", ["upscale", "generate"])
 def test_a_command_that_needs_a_model_requires_it(command, capsys):
     parser = dict(_commands())[command]

@@ -40,7 +40,8 @@ def _warning_events(stdout: str) -> list[dict]:
 
 def test_every_bundled_card_loads_verifies_and_describes_its_domain():
     cards = {c.name: c for c in list_models() if (bundled_model_dir() / f"{c.name}.json").is_file()}
-    assert {"ctca-demo", "ctp-demo", "recon-ct-demo", "recon-mri-demo", "sr-cascade-demo", "wdm-demo"} <= set(cards)
+    assert {"ctca-demo", "ctca-hr-demo", "ctp-demo", "recon-ct-demo", "recon-mri-demo", "sr-cascade-demo",
+            "wdm-demo"} <= set(cards)
     for name, card in cards.items():
         assert verify_model(find_model(bundled_model_dir() / f"{name}.json")).name == name  # sha256 still matches
         domain = card.domain

@@ -131,3 +131,40 @@ def test_segmentation_input_fills_the_mapping_table_and_honours_edits(double, mo
     run_until_idle(double, widget)
     assert len(double.errors) == 1, double.errors
     assert widget._parameterNode.outputVolume.GetName() == "heart synthetic CT"
+
+
+def test_high_resolution_choice_lists_the_patch_models_and_runs_the_second_stage(double, monkeypatch, meddiff_home):
+    """The high-resolution box offers "none" and every patch-stage model (the bundled ctca-hr-demo among them), the
+    model box only low-resolution ones; the choice reaches the engine job, which runs both stages."""
+    from ctca_helpers import save_tiny_model
+
+    card = save_tiny_model(meddiff_home / "models", "ctca-slicer-tiny-hr", stage="patch", shape=(16, 16, 16),
+                           spacing_mm=8.0, crop=(8, 8, 8))
+    try:
+        labels, ijk_to_ras = phantom_labels()
+        add_labelmap_node(double.scene, labels, ijk_to_ras)
+        widget = _widget(monkeypatch)
+        params = widget._parameterNode
+        hr_box, model_box = widget.ui.hrModelComboBox, widget.ui.modelComboBox
+        hr_names = [hr_box.itemText(i) for i in range(hr_box.count())]
+        model_names = [model_box.itemText(i) for i in range(model_box.count())]
+        assert hr_names[0] == "none" and {"ctca-hr-demo", "ctca-slicer-tiny-hr"} <= set(hr_names)
+        assert "ctca-demo" not in hr_names and TINY_MODEL in model_names
+        assert not {"ctca-hr-demo", "ctca-slicer-tiny-hr"} & set(model_names)
+        assert params.hrModel == "" and "hr_model" not in widget.logic.options(params).params()
+
+        hr_box.setCurrentIndex(hr_names.index("ctca-slicer-tiny-hr"))  # what the user does in the box
+        assert params.hrModel == "ctca-slicer-tiny-hr"
+        assert widget.logic.options(params).params()["hr_model"] == "ctca-slicer-tiny-hr"
+        params.steps, params.seed, params.device = 2, 1, "cpu"
+        widget.ui.applyButton.click()
+        run_until_idle(double, widget)
+        assert double.errors == [], double.errors
+        assert f"'{TINY_MODEL}' + ctca-slicer-tiny-hr" in widget.ui.logText.toPlainText()
+        assert params.outputVolume is not None
+
+        hr_box.setCurrentIndex(0)
+        assert params.hrModel == ""
+    finally:
+        card.unlink()
+        card.with_suffix(".safetensors").unlink()

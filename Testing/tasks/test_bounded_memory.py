@@ -151,7 +151,7 @@ def test_label_validation_and_one_hot_make_no_int64_copy(big_labels):
 
 def test_cli_synthesis_is_unchanged_by_the_bounded_processing(tmp_path, monkeypatch):
     """``meddiff synthesize`` (tiny deterministic model, 2 steps, seed 0) on an oblique 1.9 x 1.9 x 2.5 mm label map
-    gives the CT the whole-volume code wrote (stored in Testing/data, made with main at 8994a65)."""
+    gives the CT the whole-volume code wrote (stored in Testing/data, made with main at 5355cf5)."""
     save_tiny_model(tmp_path / "models", "ctca-tiny")
     monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path))
     out = tmp_path / "ct.nii.gz"

@@ -1,4 +1,4 @@
-"""The README main job: the bundled demo model on the bundled phantom label map."""
+"""The README main job: the bundled demo model on the bundled phantom label map; the bundled high-resolution demo."""
 
 import json
 import os
@@ -8,10 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import meddiffcore
-from meddiffcore.io import read_volume
+from meddiffcore.cli import main as cli_main
+from meddiffcore.io import read_volume, write_volume
 from meddiffcore.models import find_model, verify_model
+from meddiffcore.tasks.ctca.model import load_ctca_model
+from meddiffcore.tasks.ctca.phantom import make_phantom
 
 PACKAGE = Path(meddiffcore.__file__).resolve().parent
 LABELS = PACKAGE / "data_files" / "ctca_demo_labels.nii.gz"
@@ -47,3 +51,53 @@ def test_main_job_writes_volume_and_preview(tmp_path):
     assert hu[lab == 1].mean() < hu[lab == 3].mean() - 100
     assert hu[lab == 0].mean() < hu[lab == 1].mean()
     assert png.stat().st_size > 1000
+
+
+def test_bundled_hr_model_verifies_is_small_and_its_card_records_training_and_figures(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path))  # only the bundled models are visible
+    files = find_model("ctca-hr-demo")
+    assert files.card_path.parent == PACKAGE / "models"  # bundled, not a user's copy
+    card = verify_model(files)  # the sha256 of the weights matches the card
+    assert files.weights_path.stat().st_size <= 5 * 2**20
+    model = load_ctca_model("ctca-hr-demo")
+    assert model.stage == "patch" and model.spacing_mm == 1.0 and card.task_config["reference_spacing_mm"] == 2.0
+    assert model.hu_window == load_ctca_model("ctca-demo").hu_window
+    assert "meddiffcore.train" in card.training["command"] and "ctca-hr-demo.toml" in card.training["command"]
+    assert card.training["weights"] == "EMA" and card.training["steps"] > 0 and card.training["data"]
+    assert card.domain["spacing_mm"] == [1.0, 1.0, 1.0] and card.domain["data"] and card.domain["comment"]
+    ev = card.metrics["evaluation"]
+    assert ev["model"] == "ctca-demo" and ev["held_out"]["first_seed"] == 100000 and ev["held_out"]["spacing_mm"] == 1.0
+    for key in ("lr_only", "lr_hr", "phantom_ct"):
+        assert set(ev["dice"][key]) == {"contrast", "coronary", "myocardium"} and key in ev["blood_pool_hu"]
+    assert ev["seam_ratio"]["lr_hr"] > 0 and ev["time_per_volume_s"]["hr"] > 0
+    assert "--hr-model ctca-hr-demo" in card.metrics["evaluation_command"]
+    assert cli_main(["models", "list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "ctca-hr-demo" in listed and "patch stage" in listed["ctca-hr-demo"]
+
+
+def test_bundled_hr_model_refines_a_small_label_map_end_to_end(monkeypatch, tmp_path, capsys):
+    """meddiff synthesize --hr-model ctca-hr-demo --steps 2 with the bundled models: a CT on the input's grid, the
+    patch stage recorded in the job's settings, different from the low-resolution result alone (same seed)."""
+    monkeypatch.setenv("MEDDIFF_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(1)
+    labels = tmp_path / "labels.nii.gz"  # the centre of a phantom heart, 36-42 mm: a fine grid of ~40^3 at 1 mm
+    write_volume(make_phantom(7, (12, 14, 12), 3.0, with_ct=False).labels, labels)
+    outs = {}
+    for name, extra in (("lr", []), ("hr", ["--hr-model", "ctca-hr-demo"])):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        rc = cli_main(["synthesize", "--labels", str(labels), "--out", str(outs[name]), "--steps", "2", "--seed", "4",
+                       "--progress", "json", *extra])
+        out = capsys.readouterr().out
+        assert rc == 0, out[-2000:]
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    (line,) = [e["message"] for e in events if e["event"] == "log" and e["message"].startswith("settings: ")]
+    settings = json.loads(line[len("settings: "):])
+    lr_stage, hr_stage = settings["stages"]
+    assert settings["hr_model"] == "ctca-hr-demo" and lr_stage["stage"] == "lr" and lr_stage["spacing_mm"] == 2.0
+    assert hr_stage["stage"] == "patch" and hr_stage["model"] == "ctca-hr-demo" and hr_stage["spacing_mm"] == 1.0
+    assert hr_stage["steps"] == 2 and hr_stage["patches"] >= 1 and hr_stage["network_calls"] >= 2
+    lab, lr, hr = (read_volume(p) for p in (labels, outs["lr"], outs["hr"]))
+    assert hr.same_grid(lab, atol=1e-4) and hr.array.dtype == np.int16
+    assert not np.array_equal(hr.array, lr.array)  # the same LR sample (same seed), refined
+    assert hr.array.min() >= -1024 and np.isfinite(hr.array.astype(float)).all()

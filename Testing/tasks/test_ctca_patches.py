@@ -7,7 +7,7 @@ from meddiffcore.diffusion import DenoiserOutput, eps_from_x0, get_sampler, init
 from meddiffcore.io import Volume
 from meddiffcore.tasks.ctca.grid import resample, synthesis_grid
 from meddiffcore.tasks.ctca.model import position_channels
-from meddiffcore.tasks.ctca.patches import PatchedDenoiser, patch_grid, patch_starts, patch_weight
+from meddiffcore.tasks.ctca.patches import PatchedDenoiser, patch_grid, patch_starts, region_weight
 
 
 def test_patch_grid_covers_every_voxel_with_overlap():
@@ -27,10 +27,16 @@ def test_patch_grid_covers_every_voxel_with_overlap():
 def test_blending_weights_are_positive_and_normalise_to_one():
     shape, patch, overlap = (24, 24, 24), (12, 12, 12), (4, 4, 4)
     total = torch.zeros(shape)
-    for r in patch_grid(shape, patch, overlap):
-        total[r] += patch_weight(patch, overlap)
-    assert patch_weight(patch, overlap).min() > 0
+    regions = patch_grid(shape, patch, overlap)
+    for r in regions:
+        total[r] += region_weight(r, regions)
+        assert region_weight(r, regions).min() > 0
     assert torch.all(total > 0)
+    # two neighbours fade over all they share (not only the 4 asked for), mirrored: their weights sum to one
+    pair = patch_grid((20, 1, 1), (12, 1, 1), (2, 0, 0))
+    assert [r[0].start for r in pair] == [0, 8]
+    first, second = (region_weight(r, pair)[:, 0, 0] for r in pair)
+    assert torch.allclose(first[8:] + second[:4], torch.ones(4)) and first[:6].eq(1).all() and second[6:].eq(1).all()
 
 
 class _Recorder:

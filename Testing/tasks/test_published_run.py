@@ -208,9 +208,9 @@ def test_authors_sampler_of_an_imported_ctp_model_is_1500_ancestral_steps_and_a_
     assert sampling_settings(Job(task="ctp.inpaint", params={"estimate": "mean"}), model)[3] == "mean"
 
 
-def test_imported_ctp_model_refuses_frames_its_network_cannot_take(home, tmp_path, capsys):
+def test_padding_names_the_frames_the_ctp_network_cannot_take_whole_and_windows_take_them(home, tmp_path, capsys):
     from meddiffcore.nets.ctp_unet import CTPUNet, released_config
-    from meddiffcore.tasks.ctp.model import in_plane_padding
+    from meddiffcore.tasks.ctp.model import in_plane_layout, in_plane_padding
 
     with torch.device("meta"):
         net = CTPUNet(released_config())
@@ -218,6 +218,7 @@ def test_imported_ctp_model_refuses_frames_its_network_cannot_take(home, tmp_pat
     assert in_plane_padding(net, 8, 192, 200) == (0, 24)
     with pytest.raises(Exception, match="cannot take a 8x512x512 slab"):
         in_plane_padding(net, 8, 512, 512)
+    assert in_plane_layout(net, 8, 512, 512)[2].size == (192, 192)  # inpaint runs it in windows (test_ctp_windows)
 
 
 # -- the MRNet knee-MRI cascade ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``meddiff models import-checkpoint``: the authors' released WDM, cWDM and TPDM files as MedDiff models.
+"""``meddiff models import-checkpoint``: the authors' released WDM, cWDM, TPDM, CTP and MRNet files as MedDiff models.
 
 Added to the ``models`` command by :mod:`meddiffcore.cli.core`; nothing heavy is imported here.
 """
@@ -14,6 +14,13 @@ EPILOG = """examples:
   meddiff models import-checkpoint --format wdm brats_unet_128_1200k.pt
   meddiff models import-checkpoint --format cwdm --variant t1c CWDM_T1C_FILE.pt
   meddiff models import-checkpoint --format tpdm --variant aapm AAPM_256_CUBE_SCLIP_XY/checkpoint.pth AAPM_256_CUBE_SCLIP_YZ/checkpoint.pth
+  meddiff models import-checkpoint --format ctp model-600.pt
+  meddiff models import-checkpoint --format mrnet --variant swin swinddpm64RAW_checkpoint.pth cascadedddpm64200epochs_checkpoint.pth "cascadedddpm128(225epoch)_checkpoint.pth"
+
+ctp: the CT perfusion inpainting trainer's model-<n>.pt (its EMA weights are imported) -> ctp-bae2024, run with
+  meddiff inpaint (frames larger than 192 x 192 in windows; --sampler authors for their 1500 steps).
+mrnet: the three stage files of the knee-MRI cascade, base then 64->128 then 128->256 (swin | noswin), or the one
+  256 px file (swin256) -> sr-mrnet..., run with meddiff generate / meddiff upscale.
 
 Files are read with torch.load(weights_only=True): a file that would need to run code is refused.
 Exit codes: 0 imported, 3 a file is missing, 4 bad option, 5 the file is unsafe, unreadable or does not
@@ -22,18 +29,19 @@ fit the network (the first mismatching keys are named); nothing is written on er
 
 def add_import_checkpoint(models_sub) -> None:
     p = models_sub.add_parser(
-        "import-checkpoint", help="convert an author's released checkpoint (WDM, cWDM, TPDM) into a MedDiff model",
+        "import-checkpoint", help="convert an author's released checkpoint (WDM, cWDM, TPDM, CTP, MRNet) into a MedDiff model",
         description="Read a released checkpoint safely, check every key and shape against the authors' network, "
                     "and write NAME.safetensors + NAME.json (the card records the source sha256, the paper, the "
                     "data conventions and the authors' sampler).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="FILE",
-                   help="the .pt file (WDM, cWDM), or the primary then the auxiliary checkpoint.pth (TPDM)")
+                   help="the .pt file (WDM, cWDM, CTP), the primary then the auxiliary checkpoint.pth (TPDM), or "
+                        "the MRNet stage files in cascade order")
     p.add_argument("--format", required=True, choices=list(FORMATS), dest="fmt")
     p.add_argument("--variant", default=None,
-                   help="wdm: brats | lidc; cwdm: the synthesised contrast t1n | t1c | t2w | t2f; tpdm: aapm | bmr "
-                        "(guessed from the file names when they say it)")
-    p.add_argument("--name", default=None, help="model name (default: wdm-brats, cwdm-t1c, tpdm-aapm...)")
+                   help="wdm: brats | lidc; cwdm: the synthesised contrast t1n | t1c | t2w | t2f; tpdm: aapm | bmr; "
+                        "ctp: bae2024; mrnet: swin | noswin | swin256 (guessed from the file names when they say it)")
+    p.add_argument("--name", default=None, help="model name (default: wdm-brats, cwdm-t1c, tpdm-aapm, ctp-bae2024, sr-mrnet...)")
     p.add_argument("--out-dir", default=None, help="folder to write to (default: $MEDDIFF_HOME/models)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a network field that differs from the released configuration (repeatable)")

@@ -27,7 +27,11 @@ def register(subparsers, groups) -> None:
                    help="classifier-free guidance scale: 1 = conditional model alone, 0 = unconditional, "
                         f">1 = stronger label adherence (two network passes per step) ({CARD_DEFAULT})")
     p.add_argument("--samples", type=int, default=1, help="synthetic CTs per label map (_01, _02... are added)")
-    p.add_argument("--hr-model", default=None, help="high-resolution patch model (optional)")
+    p.add_argument("--hr-model", default=None,
+                   help="optional second stage: a high-resolution patch model (e.g. ctca-hr-demo, 1 mm) that refines the "
+                        "result on its finer grid; it samples with its own card's defaults unless --steps, --sampler or "
+                        "--guidance are given (they apply to both stages). The CT lies on the label map's grid: give a "
+                        "map at the patch model's spacing or finer to keep the detail")
     p.add_argument("--preview", default=None, help="also write a PNG preview (a folder for a batch)")
     add_job_options(p)
     p.set_defaults(handler=_synthesize)
@@ -52,6 +56,10 @@ def register(subparsers, groups) -> None:
 
     ev = groups["evaluate"].add_parser("ctca", help="label adherence, diversity and memorisation of a CTCA model on held-out phantoms")
     ev.add_argument("--model", default=None, help="model name or path (default ctca-demo)")
+    ev.add_argument("--hr-model", default=None,
+                    help="a high-resolution ('patch') model: score --model's result upsampled (LR only) against it refined "
+                         "by this model (LR + HR) at the patch model's spacing, with the seam measure and each stage's "
+                         "time; --update-card stores the figures in this model's card")
     ev.add_argument("--phantoms", type=int, default=10, help="held-out phantoms (seeds 100000...)")
     ev.add_argument("--samples", type=int, default=2, help="samples per phantom (diversity)")
     ev.add_argument("--steps", type=int, default=None, help=f"sampling steps ({CARD_DEFAULT})")
@@ -121,12 +129,20 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     def go():
-        from ..tasks.ctca.evaluate import evaluate_model, format_report
+        from ..tasks.ctca.evaluate import evaluate_high_resolution, evaluate_model, format_high_resolution, format_report
 
-        figures = evaluate_model(args.model or "ctca-demo", phantoms=args.phantoms, samples=args.samples, steps=args.steps,
-                                 sampler=args.sampler, guidance=args.guidance, train_phantoms=args.train_phantoms,
-                                 seed=args.seed, device=args.device, json_path=args.json, update_card=args.update_card)
-        print(format_report(figures))
+        if args.hr_model:
+            figures = evaluate_high_resolution(args.model or "ctca-demo", args.hr_model, phantoms=args.phantoms,
+                                               samples=args.samples, steps=args.steps, sampler=args.sampler,
+                                               guidance=args.guidance, seed=args.seed, device=args.device,
+                                               json_path=args.json, update_card=args.update_card)
+            print(format_high_resolution(figures))
+        else:
+            figures = evaluate_model(args.model or "ctca-demo", phantoms=args.phantoms, samples=args.samples,
+                                     steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                                     train_phantoms=args.train_phantoms, seed=args.seed, device=args.device,
+                                     json_path=args.json, update_card=args.update_card)
+            print(format_report(figures))
         if args.json:
             print(f"wrote {args.json}", file=sys.stderr)
 

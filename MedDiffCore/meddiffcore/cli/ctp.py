@@ -28,7 +28,10 @@ def register(subparsers, groups) -> None:
                         "sample: a frame drawn with --sampler/--steps (realistic noise) (default: the model card's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps for --estimate sample (default: the model card's)")
     p.add_argument("--sampler", default=None,
-                   help="ancestral, ddim, dpmpp_2m, euler, heun for --estimate sample (default: the model card's)")
+                   help="ancestral, ddim, dpmpp_2m, euler, heun for --estimate sample, or authors: an imported "
+                        "published model's own sampler (the CTP authors' model: ancestral over all 1500 training "
+                        "steps, always a sample, hours per frame on a CPU; a model without one refuses it) "
+                        "(default: the model card's)")
     p.add_argument("--batch-size", type=int, default=None, help="(frame, slab) items sampled together (default: as many as half the free memory holds, at most 8)")
     p.add_argument("--times", default=None, help="frame times in s (0,2,4,...) or one interval; overrides the file's")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help="voxel size (mm) for .npy input")

@@ -28,7 +28,10 @@ def register(subparsers, groups) -> None:
     p.add_argument("--out", required=True, help="output volume (.nii.gz, .nrrd, .mha) or .png for a one-slice input")
     p.add_argument("--stages", type=int, default=None, help="how many 2x stages to run (default: all the model has left)")
     p.add_argument("--steps", type=int, default=None, help=f"sampling steps per stage ({CARD_DEFAULT})")
-    p.add_argument("--sampler", default=None, help=f"ancestral, ddim, dpmpp_2m, euler, heun ({CARD_DEFAULT})")
+    p.add_argument("--sampler", default=None,
+                   help="ancestral, ddim, dpmpp_2m, euler, heun, or authors: an imported published cascade's own "
+                        "sampler (the MRNet stages: ancestral over every training step of each stage, 1000 or 2000; "
+                        f"a model without one refuses it) ({CARD_DEFAULT})")
     add_job_options(p, model="required")
     p.set_defaults(handler=_upscale)
 

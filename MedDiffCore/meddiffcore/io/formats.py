@@ -145,8 +145,10 @@ def _read_error(p: Path, exc: BaseException) -> BadInputError:
 
 
 def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in native byte order and C order; the array itself (no copy) when it already is, as a
+    ``<i2`` array is on a little-endian machine."""
     arr = np.asarray(arr)
-    if arr.dtype.byteorder not in ("=", "|"):
+    if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return np.ascontiguousarray(arr)
 
@@ -868,8 +870,13 @@ def read_dicom_sequence(path: str | os.PathLike, *, series_uid: str | None = Non
         order = sorted(range(len(frames)), key=lambda i: stamps[i])
         t0 = stamps[order[0]]
         times_s = np.array([stamps[i] - t0 for i in order], dtype=np.float64)
-    array = np.stack([frames[i].array for i in order])
-    return Sequence(array, first.ijk_to_ras, times_s, md)
+    ijk_to_ras, shape = first.ijk_to_ras, first.shape
+    array = np.empty((len(frames),) + shape, np.result_type(*[v.array.dtype for v in frames]))
+    del first
+    for n, i in enumerate(order):  # each frame moved into the sequence and let go: one copy of the series at a time
+        array[n] = frames[i].array
+        frames[i] = None
+    return Sequence(array, ijk_to_ras, times_s, md)
 
 
 def _read_dicom(p: Path, series_uid: str | None) -> Volume:

@@ -260,12 +260,68 @@ def _gunzip(raw: bytes) -> bytes:
     return b"".join(out)
 
 
+def _read_into(f, out: memoryview, encoding: str, line_skip: int, byte_skip: int, chunk: int = 1 << 20) -> None:
+    """Fill ``out`` (bytes) from the open data file ``f`` (raw or gzip; ``byte skip`` -1 raw only), reading and
+    decompressing ``chunk`` bytes at a time, so no second copy of the data is ever held."""
+    for _ in range(line_skip):
+        if not f.readline().endswith(b"\n"):
+            raise NrrdTruncatedError("the data ends inside the skipped lines")
+    nbytes = len(out)
+    if encoding == "raw":
+        if byte_skip == -1:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < nbytes:
+                raise NrrdTruncatedError(f"expected {nbytes} bytes of data, found {f.tell()}")
+            f.seek(-nbytes, os.SEEK_END)
+        elif byte_skip:
+            f.seek(byte_skip, os.SEEK_CUR)
+        filled = 0
+        while filled < nbytes:
+            n = f.readinto(out[filled:filled + chunk])
+            if not n:
+                raise NrrdTruncatedError(f"expected {nbytes} bytes of data, found {filled}")
+            filled += n
+        return
+    skip, filled, tail = byte_skip, 0, b""  # tail: compressed bytes read but not yet given to the decompressor
+    d = zlib.decompressobj(47)  # gzip or zlib header, found automatically
+    while True:
+        if d.eof:  # the end of a member; more may follow (concatenated members, as _gunzip tolerates)
+            tail = d.unused_data.lstrip(b"\0")
+            while not tail:
+                more = f.read(chunk)
+                if not more:
+                    break
+                tail = more.lstrip(b"\0")
+            if not tail:
+                if filled < nbytes:
+                    raise NrrdTruncatedError(f"expected {nbytes} bytes of data, found {filled}")
+                return
+            d = zlib.decompressobj(47)
+        if d.unconsumed_tail:
+            src = d.unconsumed_tail
+        else:
+            src, tail = tail or f.read(chunk), b""
+            if not src:
+                raise NrrdTruncatedError("the compressed data is cut short or damaged (compressed stream ended "
+                                         "before the end-of-stream marker)")
+        try:
+            data = d.decompress(src, chunk)
+        except zlib.error as exc:
+            raise NrrdTruncatedError(f"the compressed data is cut short or damaged ({exc})") from None
+        if skip:
+            cut = min(skip, len(data))
+            data, skip = data[cut:], skip - cut
+        take = min(len(data), nbytes - filled)
+        out[filled:filled + take] = data[:take]
+        filled += take
+
+
 def read_nrrd(path: str | os.PathLike, read_data: bool = True) -> NrrdData:
     """Read a ``.nrrd`` or ``.nhdr`` file. ``data`` has numpy shape ``sizes[::-1]``, native byte order."""
     path = Path(path)
     with open(path, "rb") as f:
         fields, keyvalues = _read_header(f)
-        attached = f.read() if read_data and "data file" not in fields and "datafile" not in fields else b""
+        data_start = f.tell()
     if "datafile" in fields and "data file" not in fields:
         fields["data file"] = fields.pop("datafile")
     nrrd = NrrdData(fields, keyvalues)
@@ -300,6 +356,25 @@ def read_nrrd(path: str | os.PathLike, read_data: bool = True) -> NrrdData:
     line_skip = int(fields.get("line skip", fields.get("lineskip", "0")))
     byte_skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
 
+    files = _data_files(fields, path) if "data file" in fields else [path]
+    if encoding in ("raw", "gzip") and len(files) == 1 and not (encoding == "gzip" and byte_skip == -1):
+        # the common case (attached or one data file, raw or gzip): decoded straight into the array, one copy
+        if not files[0].is_file():
+            raise NrrdError(f"the data file '{files[0]}' named in the header does not exist")
+        buffer = np.empty(count, dtype=file_dtype)
+        with open(files[0], "rb") as f:
+            if files[0] == path:
+                f.seek(data_start)
+            _read_into(f, memoryview(buffer.view(np.uint8)), encoding, line_skip, byte_skip)
+        if not buffer.dtype.isnative:
+            buffer.byteswap(inplace=True)
+        nrrd.data = buffer.view(dtype).reshape(sizes[::-1])
+        return nrrd
+    attached = b""
+    if "data file" not in fields:
+        with open(path, "rb") as f:
+            f.seek(data_start)
+            attached = f.read()
     if "data file" in fields:
         chunks = []
         files = _data_files(fields, path)
@@ -397,7 +472,7 @@ def write_nrrd(
             f.write(header)
 
 
-def _write_payload(f, payload: np.ndarray, encoding: str, compresslevel: int, chunk: int = 1 << 24) -> None:
+def _write_payload(f, payload: np.ndarray, encoding: str, compresslevel: int, chunk: int = 1 << 20) -> None:
     """Stream the array bytes (raw or gzip) in chunks: no second full-size copy in memory."""
     flat = memoryview(payload.reshape(-1).view(np.uint8))
     if encoding == "gzip":

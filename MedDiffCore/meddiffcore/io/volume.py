@@ -41,6 +41,8 @@ def check_finite(array, what: str) -> np.ndarray:
     """
     arr = np.asarray(array)
     if arr.dtype.kind in "fc":
+        if all(np.isfinite(part).all() for part in (arr if arr.ndim > 1 else (arr,))):  # a frame/slice at a time
+            return arr
         finite = np.isfinite(arr)
         if not finite.all():
             bad = int(arr.size - np.count_nonzero(finite))

@@ -36,6 +36,7 @@ class CTCADataset(torch.utils.data.Dataset):
         else:
             self.items = list(range(data.first_seed, data.first_seed + data.num_phantoms))
         self._memory: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._reference: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,16 +72,21 @@ class CTCADataset(torch.utils.data.Dataset):
         self._memory[index] = (labels, ct)
         return labels, ct
 
+    def reference(self, index: int) -> np.ndarray:
+        """Patch stage: the low-resolution reference of item ``index`` (computed once per volume)."""
+        if index not in self._reference:
+            factor = self.config.data.reference_spacing_mm / self.config.data.spacing_mm
+            self._reference[index] = low_resolution_reference(self.volume(index)[1], factor)
+        return self._reference[index]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         labels, ct = self.volume(index)
-        reference = None
-        if cfg.stage == "patch":
-            reference = low_resolution_reference(ct, cfg.data.reference_spacing_mm / cfg.data.spacing_mm)
-        segmap = condition(labels, cfg.stage, reference)
-        x = torch.as_tensor(hu_to_model(ct))[None]
-        if cfg.data.crop is not None:
-            starts = [int(torch.randint(0, n - c + 1, ()).item()) for n, c in zip(x.shape[1:], cfg.data.crop)]
-            region = (slice(None),) + tuple(slice(s, s + c) for s, c in zip(starts, cfg.data.crop))
-            x, segmap = x[region], segmap[region]
+        reference = self.reference(index) if cfg.stage == "patch" else None
+        region = (slice(None),) * 3
+        if cfg.data.crop is not None:  # crop first: the condition is built for the crop only
+            starts = [int(torch.randint(0, n - c + 1, ()).item()) for n, c in zip(ct.shape, cfg.data.crop)]
+            region = tuple(slice(s, s + c) for s, c in zip(starts, cfg.data.crop))
+        segmap = condition(labels, cfg.stage, reference, region)
+        x = torch.as_tensor(hu_to_model(ct[region]))[None]
         return {"x": x.contiguous(), "segmap": segmap.contiguous()}

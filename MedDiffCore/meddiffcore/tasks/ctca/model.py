@@ -40,19 +40,28 @@ def droppable_channels(stage: str) -> int:
     return NUM_CLASSES + (1 if stage == "patch" else 0)
 
 
-def position_channels(shape: tuple[int, int, int]) -> torch.Tensor:
-    """(3, D, H, W) voxel coordinates (z, y, x) in [-1, 1] across the whole grid."""
+def position_channels(shape: tuple[int, int, int], region: tuple[slice, ...] | None = None) -> torch.Tensor:
+    """(3, D, H, W) voxel coordinates (z, y, x) in [-1, 1] across the whole grid ``shape``; with ``region`` (one
+    slice per axis) only that part of it, as ``position_channels(shape)[:, region]`` without building the whole."""
     axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in shape]
+    if region is not None:
+        axes = [a[r] for a, r in zip(axes, region)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-def condition(labels_zyx: np.ndarray, stage: str, reference: np.ndarray | None = None) -> torch.Tensor:
-    """(C, D, H, W) SPADE map of one volume: one-hot labels (+ reference + positions for the patch stage)."""
-    parts = [one_hot(labels_zyx)]
+def condition(labels_zyx: np.ndarray, stage: str, reference: np.ndarray | None = None,
+              region: tuple[slice, ...] | None = None) -> torch.Tensor:
+    """(C, D, H, W) SPADE map of one volume: one-hot labels (+ reference + positions for the patch stage).
+
+    ``region`` (one slice per axis): the map of that part of the volume only, equal to ``condition(...)[:, region]``
+    (positions stay those of the whole grid) at the cost of the region (training crops of large volumes)."""
+    if stage == "patch" and (reference is None or reference.shape != labels_zyx.shape):
+        raise ValueError("the patch stage needs a reference on the label grid")
+    part = (slice(None),) * 3 if region is None else tuple(region)
+    parts = [one_hot(labels_zyx[part])]
     if stage == "patch":
-        if reference is None or reference.shape != labels_zyx.shape:
-            raise ValueError("the patch stage needs a reference on the label grid")
-        parts += [torch.as_tensor(np.asarray(reference, dtype=np.float32))[None], position_channels(labels_zyx.shape)]
+        parts += [torch.as_tensor(np.asarray(reference[part], dtype=np.float32))[None],
+                  position_channels(labels_zyx.shape, region)]
     return torch.cat(parts)
 
 

@@ -139,13 +139,10 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     if model.stage != "lr" or (hr_model is not None and hr_model.stage != "patch"):
         raise ConfigError("--model must be a low-resolution ('lr') CTCA model and --hr-model a 'patch' model",
                           "see the stage in each model card (`meddiff models list`)")
-    defaults = model.card.diffusion
-    settings = SynthesisSettings(
-        steps=job.params.get("steps") or defaults.get("steps", 25),
-        sampler=job.params.get("sampler") or defaults.get("sampler", "dpmpp_2m"),
-        guidance=float(job.params["guidance"]) if job.params.get("guidance") is not None else float(defaults.get("guidance", 1.0)),
-        seed=job.seed,
-    )
+    asked = {"steps": job.params.get("steps"), "sampler": job.params.get("sampler"), "seed": job.seed,
+             "guidance": float(job.params["guidance"]) if job.params.get("guidance") is not None else None}
+    settings = SynthesisSettings.of_model(model, **asked)
+    hr_settings = SynthesisSettings.of_model(hr_model, **asked) if hr_model is not None else None
     mapping = load_mapping(job.inputs["label_mapping"]) if job.inputs.get("label_mapping") else None
 
     files, batch = _label_files(Path(job.inputs["labels"]))
@@ -177,7 +174,9 @@ def run_synthesize(job, reporter) -> dict[str, str]:
     generator = torch.Generator(device=device).manual_seed(seed)
     reporter.log(f"synthesising {len(files) * samples} volume(s) with model '{model.card.name}'"
                  f"{' + ' + hr_model.card.name if hr_model else ''}: {settings.sampler}, {settings.steps} steps, "
-                 f"guidance {settings.guidance:g}, seed {seed}, on {device}")
+                 f"guidance {settings.guidance:g}"
+                 + (f" (high resolution: {hr_settings.sampler}, {hr_settings.steps} steps, guidance {hr_settings.guidance:g})"
+                    if hr_settings else "") + f", seed {seed}, on {device}")
     results: list[tuple[Path, Volume]] = []
     record = SynthesisRecord()
     total = len(files) * samples
@@ -185,7 +184,7 @@ def run_synthesize(job, reporter) -> dict[str, str]:
         for k, path in enumerate(group):
             phase = "sampling" if total == 1 else f"sampling {n * samples + k + 1}/{total}"
             ct = synthesize(volume, model, settings, hr_model=hr_model, device=device, generator=generator,
-                            callback=reporter.step_callback(phase), record=record)
+                            callback=reporter.step_callback(phase), record=record, hr_settings=hr_settings)
             results.append((path, ct))
 
     provenance = {"model": model.card.name, "model_sha256": model.card.sha256,

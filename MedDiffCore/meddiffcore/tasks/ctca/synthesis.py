@@ -43,6 +43,15 @@ class SynthesisSettings:
             raise ConfigError(f"guidance must be a number >= 0, got {self.guidance!r}",
                               "1 = conditional model alone, 0 = unconditional, 2-3 = stronger label adherence")
 
+    @classmethod
+    def of_model(cls, model: CTCAModel, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, seed: int | None = None) -> "SynthesisSettings":
+        """What is asked (None: not asked) over the defaults of ``model``'s card: each stage samples with its own
+        card's defaults (the high-resolution stage needs far fewer steps than the low-resolution one)."""
+        d = model.card.diffusion
+        return cls(steps=steps or d.get("steps", 25), sampler=sampler or d.get("sampler", "dpmpp_2m"),
+                   guidance=float(d.get("guidance", 1.0) if guidance is None else guidance), seed=seed)
+
 
 @dataclass
 class SynthesisRecord:
@@ -121,16 +130,19 @@ def high_resolution(model: CTCAModel, labels: Volume, lr_ijk_to_ras: np.ndarray,
     x = _sample(patched, (1, 1) + shape, segmap, settings, model.schedule, generator, device, callback)
     if record is not None:
         record.network_evaluations += network_evaluations(settings.sampler, settings.steps)
-        record.stages.append({"stage": "patch", "grid": list(shape), "spacing_mm": model.spacing_mm,
-                              "patch": list(patch), "overlap": list(overlap), "patches": len(patched.regions(shape)),
-                              "network_calls": patched.calls})
+        record.stages.append({"stage": "patch", "model": model.card.name, "grid": list(shape),
+                              "spacing_mm": model.spacing_mm, "patch": list(patch), "overlap": list(overlap),
+                              "patches": len(patched.regions(shape)), "network_calls": patched.calls,
+                              "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance})
     return ijk_to_ras, x[0, 0].float().cpu().numpy()
 
 
 def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *, hr_model: CTCAModel | None = None,
                device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-               callback: Callable | None = None, record: SynthesisRecord | None = None) -> Volume:
-    """One synthetic CT (int16 HU) on exactly ``labels``' grid. ``labels.array`` holds values of our table."""
+               callback: Callable | None = None, record: SynthesisRecord | None = None,
+               hr_settings: SynthesisSettings | None = None) -> Volume:
+    """One synthetic CT (int16 HU) on exactly ``labels``' grid. ``labels.array`` holds values of our table.
+    ``hr_settings``: how the high-resolution stage samples (default: ``settings``)."""
     device = torch.device(device)
     with torch.no_grad():
         grid, x = low_resolution(model, labels, settings, generator, device, callback, record)
@@ -139,8 +151,13 @@ def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *,
             if tuple(hr_model.hu_window) != tuple(window):
                 x = hu_to_model(model_to_hu(x, window), hr_model.hu_window)
                 window = hr_model.hu_window
-            grid, x = high_resolution(hr_model, labels, grid, x, settings, generator, device, callback, record)
-    array = resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest", dtype=np.int16,
-                     convert=lambda slab: to_int16_hu(slab, window))
-    return Volume(array, labels.ijk_to_ras.copy(), {"guidance": settings.guidance, "steps": settings.steps,
-                                                  "sampler": settings.sampler, "seed": settings.seed})
+            grid, x = high_resolution(hr_model, labels, grid, x, hr_settings or settings, generator, device, callback,
+                                      record)
+    return Volume(on_label_grid(x, grid, labels, window), labels.ijk_to_ras.copy(),
+                  {"guidance": settings.guidance, "steps": settings.steps, "sampler": settings.sampler, "seed": settings.seed})
+
+
+def on_label_grid(x: np.ndarray, grid: np.ndarray, labels: Volume, window) -> np.ndarray:
+    """A stage's result (model units on its synthesis ``grid``) as int16 HU on ``labels``' own grid."""
+    return resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest", dtype=np.int16,
+                    convert=lambda slab: to_int16_hu(slab, window))  # slab by slab, straight into int16

@@ -10,7 +10,14 @@ together: the work items are (missing frame, slab) pairs, run ``batch_size`` at 
 time. Slabs are ``slab_slices`` thick (the model's), placed with overlap and
 blended with linear ramps along z, so there are no seams; a sequence with fewer
 slices is padded by edge replication. In-plane sizes are padded (edge) to what
-the UNet needs and cropped back.
+the UNet needs and cropped back. The CTP authors' network runs on frames larger
+than it was trained on (192 x 192) through overlapping in-plane windows of its
+trained size, blended into one whole-frame estimate at every network evaluation
+(:func:`~.model.in_plane_layout`), so the windows are denoised together.
+
+Memory does not grow with the number of frames beyond the input and the output:
+:func:`fill_sequence` writes each frame into the output as its last slab finishes and
+holds only the known frames the batches in flight need in model units.
 
 Where the network cannot see (outside the tissue mask, or where either known
 frame lies outside the HU window, e.g. an enhancing artery at its peak) the
@@ -30,7 +37,7 @@ from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluation
 from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
 from . import authors
 from .authors import uses_authors_rules
-from .model import LoadedModel, denoiser_for, in_plane_padding, linear_between
+from .model import InPlaneWindows, LoadedModel, denoiser_for, in_plane_layout, linear_between
 from .plan import InpaintPlan, context_vector, estimate_peak, with_peak
 
 #: How far (a fraction of the window width) values may lie beyond the window and still be seen by the
@@ -108,7 +115,8 @@ def sampling_sigmas(diffusion, steps: int, spacing: str | None = None) -> torch.
 def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: torch.Tensor, context: torch.Tensor,
                     weight: torch.Tensor, *, estimate: str, sampler: str, steps: int,
                     generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
-                    spacing: str | None = None, margin: float = 0.0) -> torch.Tensor:
+                    spacing: str | None = None, margin: float = 0.0,
+                    windows: InPlaneWindows | None = None) -> torch.Tensor:
     """(B, 1, ...) frames in window units between the (B, 2, ...) known frames.
 
     The linear interpolation plus the residual the model gives: its posterior
@@ -116,8 +124,16 @@ def estimate_frames(net: torch.nn.Module, diffusion: CTPDiffusionConfig, known: 
     evaluation) or a sample drawn with ``sampler`` in ``steps`` steps. A model whose
     diffusion variable is the frame itself (``diffusion.target == "frame"``, the
     CTP authors') gives the frame directly, within the window as it was trained.
+    With ``windows``, every evaluation runs the network on those overlapping
+    in-plane windows of the whole frames (known frames cut alike, the context
+    repeated) and blends them into one whole-frame estimate.
     """
     denoiser = denoiser_for(net, diffusion)
+    if windows is not None:
+        from meddiffcore.diffusion.patches import PatchedDenoiser
+
+        denoiser = PatchedDenoiser(denoiser, (known.shape[2], *windows.size), (0, *windows.overlap),
+                                   max_batch=windows.per_call)
     sigmas = sampling_sigmas(diffusion, steps, spacing).to(known.device)
     shape = (known.shape[0], 1, *known.shape[2:])
     x = initial_noise(shape, sigmas, generator, device=known.device)
@@ -160,6 +176,51 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     (:func:`choose_batch`); a batch that runs out of memory anyway is halved and
     run again (said through ``log``), and only a single item that does not fit
     is an OutOfMemoryError (its hint: free memory, a bigger GPU, a smaller crop).
+
+    This keeps every synthesized frame in float32; :func:`fill_sequence` writes them
+    straight into the output sequence instead (what ``meddiff inpaint`` does).
+    """
+    frames = np.empty((len(plan.targets),) + hu.shape[1:], np.float32)
+    stats = _fill_targets(hu, times_s, plan, model, frames.__setitem__, steps=steps, sampler=sampler, device=device,
+                          estimate=estimate, generator=generator, batch_size=batch_size, progress=progress, log=log,
+                          spacing=spacing)
+    return frames, stats
+
+
+def fill_sequence(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model: LoadedModel, *,
+                  dtype=None, **options) -> tuple[np.ndarray, dict]:
+    """The whole output sequence (one frame per ``plan.times_s``) in ``dtype`` (default: the input's) and the run
+    statistics (those of :func:`inpaint_frames`, whose keyword options it takes; empty when nothing is missing).
+
+    Memory: the output array, allocated once, plus a working set that does not grow with the number of frames:
+    known frames are copied bit-exactly, and each synthesized frame is written into it (as :func:`assemble`
+    converts it) as soon as its last slab is done, so no float32 copy of all the synthesized frames exists.
+    """
+    out = np.empty((len(plan.times_s),) + hu.shape[1:], hu.dtype if dtype is None else dtype)
+    slots = []
+    for k, src in enumerate(plan.source):
+        if src is None:
+            slots.append(k)
+        else:
+            out[k] = hu[src]
+
+    def emit(ti: int, frame: np.ndarray) -> None:
+        out[slots[ti]] = in_dtype(frame, out.dtype)
+
+    stats = _fill_targets(hu, times_s, plan, model, emit, **options) if slots else {}
+    return out, stats
+
+
+def _fill_targets(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model: LoadedModel,
+                  emit: Callable[[int, np.ndarray], None], *, steps: int, sampler: str, device: torch.device,
+                  estimate: str | None = None, generator: torch.Generator | None = None, batch_size: int | None = None,
+                  progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None,
+                  spacing: str | None = None) -> dict:
+    """Synthesize ``plan.targets`` (see :func:`inpaint_frames`): ``emit(ti, frame)`` gets each target's (Z, Y, X)
+    float32 HU frame once, in order, as soon as all its slabs are done. Returns the run statistics.
+
+    The working set is bounded by the batch, not by the number of frames: only the known frames the next
+    batches need are held in model units (padded), and only the targets with slabs in flight are accumulated.
     """
     estimate = estimate or model.diffusion.estimate
     level, width = model.window_level_hu, model.window_width_hu
@@ -178,20 +239,32 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         mask = tissue_mask(first, level, width * (1.0 + 2.0 * KNOWN_MARGIN))
         plan = with_peak(plan, peak_time(hu, times_s, plan.known, mask), model.diffusion.peak_margin_s)
     pad_z = max(0, slab - n_z)
-    pad_y, pad_x = in_plane_padding(model.net, max(n_z, slab), n_y, n_x)
+    pad_y, pad_x, windows = in_plane_layout(model.net, max(n_z, slab), n_y, n_x)
     zs = n_z + pad_z
     starts = slab_starts(zs, slab)
 
-    needed = sorted({k for g in plan.targets for k in (g.left, g.right)})
     lo, hi = lo - margin * width, hi + margin * width  # where the network fills (see KNOWN_MARGIN)
-    padded = {k: np.pad(hu_to_model(hu[k], level, width, input_margin), ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
-              for k in needed}
-
     items = [(ti, s) for ti in range(len(plan.targets)) for s in starts]
-    acc = np.zeros((len(plan.targets), zs, n_y + pad_y, n_x + pad_x), np.float32)
+    last_use = {}  # known frame -> the last item that needs it
+    for i, (ti, _) in enumerate(items):
+        last_use[plan.targets[ti].left] = last_use[plan.targets[ti].right] = i
+    padded: dict[int, np.ndarray] = {}  # the known frames the batches in flight need, in model units, padded
+    acc: dict[int, np.ndarray] = {}  # blended slabs of the targets in flight
+    slabs_done = [0] * len(plan.targets)
+    weights = {s: slab_weights(slab, s, zs, starts)[:, None, None] for s in starts}
     wsum = np.zeros(zs, np.float32)
     for s in starts:
         wsum[s:s + slab] += slab_weights(slab, s, zs, starts)
+
+    def finish(ti: int) -> None:
+        frame = acc.pop(ti)
+        frame /= wsum[:, None, None]
+        model_hu = model_to_hu(frame[:n_z, :n_y, :n_x], level, width, margin)
+        g = plan.targets[ti]
+        a, c = hu[g.left], hu[g.right]
+        use = mask & (a >= lo) & (a <= hi) & (c >= lo) & (c <= hi)
+        emit(ti, np.where(use, model_hu, linear_frame(hu, g)))
+
     steps_per_batch = 1 if estimate == "mean" else len(sampling_sigmas(model.diffusion, steps, spacing)) - 1
     slab_shape = (slab, n_y + pad_y, n_x + pad_x)
     chosen = batch_size is None
@@ -200,6 +273,11 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
     while done_items < len(items):
         chunk = items[done_items:done_items + batch]
         total = step + steps_per_batch * -(-(len(items) - done_items) // batch)
+        for ti, _ in chunk:
+            for k in (plan.targets[ti].left, plan.targets[ti].right):
+                if k not in padded:
+                    padded[k] = np.pad(hu_to_model(hu[k], level, width, input_margin),
+                                       ((0, pad_z), (0, pad_y), (0, pad_x)), mode="edge")
 
         def callback(info, s0=step, t=total):
             if progress is not None:
@@ -208,7 +286,7 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
         try:
             out = _estimate_chunk(model, chunk, plan, padded, slab, device, estimate=estimate, sampler=sampler,
                                   steps=steps, generator=generator, callback=callback, spacing=spacing,
-                                  margin=margin)
+                                  margin=margin, windows=windows)
         except (MemoryError, RuntimeError) as exc:
             from meddiffcore.devices import is_out_of_memory, out_of_memory_error
 
@@ -226,29 +304,30 @@ def inpaint_frames(hu: np.ndarray, times_s: np.ndarray, plan: InpaintPlan, model
                 log(f"a batch of {len(chunk)} items did not fit in memory; going on with {batch} at a time")
             continue
         for (ti, s), o in zip(chunk, out):
-            acc[ti, s:s + slab] += o * slab_weights(slab, s, zs, starts)[:, None, None]
+            if ti not in acc:
+                acc[ti] = np.zeros((zs,) + slab_shape[1:], np.float32)
+            acc[ti][s:s + slab] += o * weights[s]
+            slabs_done[ti] += 1
+            if slabs_done[ti] == len(starts):
+                finish(ti)
+        del out
         done_items += len(chunk)
+        for k in [k for k in padded if last_use[k] < done_items]:
+            del padded[k]
         n_batches += 1
         step += steps_per_batch
-    acc /= wsum[None, :, None, None]
-    model_hu = model_to_hu(acc[:, :n_z, :n_y, :n_x], level, width, margin)
-
-    frames = linear_fill(hu, plan)
-    for ti, g in enumerate(plan.targets):
-        a, c = hu[g.left], hu[g.right]
-        use = mask & (a >= lo) & (a <= hi) & (c >= lo) & (c <= hi)
-        frames[ti] = np.where(use, model_hu[ti], frames[ti])
-    stats = {"network_evaluations": evaluations_per_batch(estimate, sampler, steps) * n_batches, "batches": n_batches,
-             "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
-             "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets),
-             "batch_size": batch, "batch_chosen": chosen}
-    return frames, stats
+    return {"network_evaluations": evaluations_per_batch(estimate, sampler, steps) * n_batches, "batches": n_batches,
+            "items": len(items), "slabs": len(starts), "steps": steps_per_batch, "sampler": sampler,
+            "estimate": estimate, "peak_s": plan.peak_s, "missing_frames": len(plan.targets),
+            "batch_size": batch, "batch_chosen": chosen,
+            "windows": 1 if windows is None else windows.count,
+            "window": None if windows is None else list(windows.size)}
 
 
 def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: InpaintPlan, padded: dict, slab: int,
                     device: torch.device, *, estimate: str, sampler: str, steps: int,
                     generator: torch.Generator | None, callback, spacing: str | None = None,
-                    margin: float = 0.0) -> np.ndarray:
+                    margin: float = 0.0, windows: InPlaneWindows | None = None) -> np.ndarray:
     """(len(chunk), slab, Y, X) frames in window units for the (target, slab start) items of ``chunk``."""
     targets = [plan.targets[ti] for ti, _ in chunk]
     known = np.stack([np.stack([padded[g.left][s:s + slab], padded[g.right][s:s + slab]])
@@ -259,17 +338,31 @@ def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: Inpa
         out = estimate_frames(model.net, model.diffusion, torch.from_numpy(known).to(device),
                               torch.from_numpy(ctx).to(device), torch.from_numpy(weight).to(device),
                               estimate=estimate, sampler=sampler, steps=steps, generator=generator,
-                              callback=callback, spacing=spacing, margin=margin)
+                              callback=callback, spacing=spacing, margin=margin, windows=windows)
     return out[:, 0].float().cpu().numpy()
+
+
+def linear_frame(hu: np.ndarray, target) -> np.ndarray:
+    """The linear interpolation (in HU, float32) of one target frame between its two known frames."""
+    w = target.left_gap_s / (target.left_gap_s + target.right_gap_s)
+    return (1 - w) * hu[target.left].astype(np.float32) + w * hu[target.right].astype(np.float32)
 
 
 def linear_fill(hu: np.ndarray, plan: InpaintPlan) -> np.ndarray:
     """The baseline: each target frame as the linear interpolation (in HU) of its two known frames."""
     out = np.empty((len(plan.targets),) + hu.shape[1:], np.float32)
     for ti, g in enumerate(plan.targets):
-        w = g.left_gap_s / (g.left_gap_s + g.right_gap_s)
-        out[ti] = (1 - w) * hu[g.left].astype(np.float32) + w * hu[g.right].astype(np.float32)
+        out[ti] = linear_frame(hu, g)
     return out
+
+
+def in_dtype(frame: np.ndarray, dtype) -> np.ndarray:
+    """A synthesized float frame in an output ``dtype``: rounded and clipped to its range for integer types."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        frame = np.clip(np.rint(frame), info.min, info.max)
+    return frame.astype(dtype, copy=False)
 
 
 def assemble(hu: np.ndarray, plan: InpaintPlan, synthesized: np.ndarray) -> np.ndarray:
@@ -280,10 +373,6 @@ def assemble(hu: np.ndarray, plan: InpaintPlan, synthesized: np.ndarray) -> np.n
         if src is not None:
             out[k] = hu[src]
         else:
-            frame = synthesized[ti]
-            if np.issubdtype(hu.dtype, np.integer):
-                info = np.iinfo(hu.dtype)
-                frame = np.clip(np.rint(frame), info.min, info.max)
-            out[k] = frame.astype(hu.dtype)
+            out[k] = in_dtype(synthesized[ti], hu.dtype)
             ti += 1
     return out

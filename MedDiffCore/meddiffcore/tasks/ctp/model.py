@@ -73,6 +73,51 @@ def in_plane_padding(net: torch.nn.Module, slab: int, n_y: int, n_x: int) -> tup
     return first - n_y, width - n_x
 
 
+#: Share of an in-plane window its neighbour overlaps (at least), where the authors' network runs on windows.
+WINDOW_OVERLAP = 0.25
+
+
+@dataclass(frozen=True)
+class InPlaneWindows:
+    """Overlapping in-plane windows the network runs on, blended at every evaluation
+    (:class:`meddiffcore.diffusion.patches.PatchedDenoiser`).
+
+    ``size`` (rows, columns) is a size the network takes, ``overlap`` the least
+    number of rows and columns neighbours share, ``count`` the windows covering
+    the frame and ``per_call`` the windows of one item evaluated together (as many
+    as hold no more voxels than the whole frame, so a batch chosen for whole frames
+    still fits)."""
+
+    size: tuple[int, int]
+    overlap: tuple[int, int]
+    count: int
+    per_call: int
+
+
+def in_plane_layout(net: torch.nn.Module, slab: int, n_y: int, n_x: int) -> tuple[int, int, InPlaneWindows | None]:
+    """(rows to pad, columns to pad, windows or None) for running the network on ``slab`` x n_y x n_x frames.
+
+    MedDiff's UNet and the CTP authors' UNet on frames no larger than its trained
+    (design) size run on the whole padded frame (:func:`in_plane_padding`). On a
+    larger frame the authors' network runs on windows of its trained size (192 x
+    192 for the release, padded to a size it takes where the frame is smaller along
+    one axis) that overlap by at least :data:`WINDOW_OVERLAP`; the frame is padded
+    only where it is smaller than a window."""
+    from meddiffcore.diffusion.patches import patch_grid
+
+    design = getattr(net.config, "design_size", None)
+    if isinstance(net.config, UNetConfig) or design is None or max(n_y, n_x) <= design:
+        return (*in_plane_padding(net, slab, n_y, n_x), None)
+    want = (min(n_y, design), min(n_x, design))
+    pad = in_plane_padding(net, slab, *want)
+    size = (want[0] + pad[0], want[1] + pad[1])
+    frame = (max(n_y, size[0]), max(n_x, size[1]))
+    overlap = tuple(int(round(WINDOW_OVERLAP * w)) if n > w else 0 for n, w in zip(frame, size))
+    count = len(patch_grid((slab, *frame), (slab, *size), (0, *overlap)))
+    per_call = max(1, (frame[0] * frame[1]) // (size[0] * size[1]))
+    return frame[0] - n_y, frame[1] - n_x, InPlaneWindows(size, overlap, count, min(per_call, count))
+
+
 def residual_loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], diffusion: CTPDiffusionConfig,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured diffusion loss on the scaled residual of the target frame from the linear interpolation.

@@ -64,15 +64,28 @@ def uniform_step(times_s: np.ndarray) -> float:
     return float(d[0])
 
 
-def select_aif(hu: np.ndarray, times_s: np.ndarray, n_voxels: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def _voxel_blocks(hu: np.ndarray, chunk: int):
+    """(flat voxel slice, (T, n) float64 curves) of ``hu`` (T, Z, Y, X), ``chunk`` voxels at a time: the sequence
+    is never converted whole (a float64 copy of it is 4x an int16 sequence, 2x a float32 one)."""
+    flat = np.ascontiguousarray(hu).reshape(hu.shape[0], -1)  # a view of a sequence's (contiguous) array
+    for start in range(0, flat.shape[1], chunk):
+        part = slice(start, start + chunk)
+        yield part, np.asarray(flat[:, part], dtype=np.float64)
+
+
+def select_aif(hu: np.ndarray, times_s: np.ndarray, n_voxels: int = 8, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """Automatic AIF: among voxels with a soft-tissue baseline and a strong early bolus, the
     ``n_voxels`` with the highest peak whose time to peak is within 2 s of the earliest.
 
     Returns the (T,) AIF (HU above baseline) and the (N, 3) voxel indices.
     """
-    base = hu[0]
-    conc = hu - base[None]
-    peak = conc.max(axis=0)
+    base = np.asarray(hu[0], dtype=np.float64)
+    peak = np.empty(base.shape)
+    ttp = np.empty(base.shape)
+    for part, curves in _voxel_blocks(hu, chunk):
+        conc = curves - base.reshape(-1)[part][None]
+        peak.reshape(-1)[part] = conc.max(axis=0)
+        ttp.reshape(-1)[part] = times_s[np.argmax(conc, axis=0)]
     candidate = (base > TISSUE_BASELINE_HU[0]) & (base < TISSUE_BASELINE_HU[1])
     if not candidate.any():
         raise BadInputError("no soft-tissue voxels to pick an AIF from", "check that the sequence is a CT perfusion in HU")
@@ -81,13 +94,17 @@ def select_aif(hu: np.ndarray, times_s: np.ndarray, n_voxels: int = 8) -> tuple[
     if not strong.any():
         raise BadInputError("no enhancing artery found for the AIF (no voxel rises 30 HU above baseline)",
                             "give the AIF with --aif-mask, or check that the sequence covers the bolus")
-    ttp = times_s[np.argmax(conc, axis=0)]
     early = strong & (ttp <= ttp[strong].min() + 2.0)
     idx = np.argwhere(early)
     order = np.argsort(-peak[early])[:n_voxels]
     idx = idx[order]
-    aif = conc[(slice(None),) + tuple(idx.T)].mean(axis=1)
+    aif = (_curves_at(hu, tuple(idx.T)) - base[tuple(idx.T)][None]).mean(axis=1)
     return aif, idx
+
+
+def _curves_at(hu: np.ndarray, where: tuple) -> np.ndarray:
+    """(T, n) float64 curves of the voxels ``where`` (index arrays or a mask)."""
+    return np.asarray(hu[(slice(None),) + tuple(where)] if isinstance(where, tuple) else hu[:, where], np.float64)
 
 
 def _baseline_frames(aif: np.ndarray) -> int:
@@ -120,8 +137,8 @@ def compute_perfusion(seq: Sequence, *, aif_mask: np.ndarray | None = None,
     if not 0 < svd_threshold < 1:
         raise BadInputError(f"svd threshold must be in (0, 1), got {svd_threshold}", "use e.g. 0.1 (noisy) or 0.02 (clean)")
     dt = uniform_step(seq.times_s)
-    hu = np.asarray(seq.array, dtype=np.float64)
-    if not np.all(np.isfinite(hu)):
+    hu = seq.array  # in its own dtype: converted to float64 ``chunk`` voxels at a time, never whole
+    if hu.dtype.kind == "f" and not all(np.isfinite(frame).all() for frame in hu):
         raise BadInputError("the sequence contains NaN or inf values", "replace them before perfusion analysis")
     if aif_mask is not None:
         aif_mask = np.asarray(aif_mask) != 0
@@ -131,26 +148,28 @@ def compute_perfusion(seq: Sequence, *, aif_mask: np.ndarray | None = None,
         if not aif_mask.any():
             raise BadInputError("the AIF mask is empty", "mark at least one arterial voxel")
         idx = np.argwhere(aif_mask)
-        aif = (hu[:, aif_mask] - hu[0, aif_mask][None]).mean(axis=1)  # refined below with the baseline
+        given = _curves_at(hu, aif_mask)
+        aif = (given - given[0][None]).mean(axis=1)  # refined below with the baseline
     else:
-        aif, idx = select_aif(hu, seq.times_s)
+        aif, idx = select_aif(hu, seq.times_s, chunk=chunk)
     nb = _baseline_frames(aif)
-    base = hu[:nb].mean(axis=0)
-    aif = np.clip((hu[(slice(None),) + tuple(idx.T)] - base[tuple(idx.T)][None]).mean(axis=1), 0.0, None)
+    shape = seq.frame_shape
+    base, peak = np.empty(shape), np.empty(shape)
+    for part, curves in _voxel_blocks(hu, chunk):
+        b = curves[:nb].mean(axis=0)
+        base.reshape(-1)[part] = b
+        peak.reshape(-1)[part] = (curves - b[None]).max(axis=0)
+    aif = np.clip((_curves_at(hu, tuple(idx.T)) - base[tuple(idx.T)][None]).mean(axis=1), 0.0, None)
     if aif.max() <= 0:
         raise BadInputError("the AIF does not enhance", "give an arterial AIF mask with --aif-mask")
-    conc = hu - base[None]
-    peak = conc.max(axis=0)
     tissue = (base > TISSUE_BASELINE_HU[0]) & (base < TISSUE_BASELINE_HU[1]) & (peak < VESSEL_ENHANCEMENT_HU)
-    shape = seq.frame_shape
     cbf, cbv, mtt, tmax = (np.zeros(shape, np.float32) for _ in range(4))
     where = np.nonzero(tissue)
-    curves = conc[(slice(None),) + where]
     aif_area = aif.sum() * dt
-    for start in range(0, curves.shape[1], chunk):
-        part = curves[:, start:start + chunk]
-        k = bsvd_residues(aif, part, dt, svd_threshold)
+    for start in range(0, where[0].size, chunk):
         sl = tuple(w[start:start + chunk] for w in where)
+        part = _curves_at(hu, sl) - base[sl][None]
+        k = bsvd_residues(aif, part, dt, svd_threshold)
         f = np.clip(k.max(axis=0), 0.0, None)
         cbf[sl] = 6000.0 * f
         cbv[sl] = np.clip(100.0 * part.sum(axis=0) * dt / aif_area, 0.0, None)

@@ -105,7 +105,7 @@ def run_inpaint(job, reporter) -> dict[str, str]:
 
     from meddiffcore.devices import resolve_device
 
-    from .inpaint import DEFAULT_BATCH, assemble, inpaint_frames
+    from .inpaint import DEFAULT_BATCH, fill_sequence
     from .model import load_for_inference
     from .plan import make_plan
     from .sequences import check_output_path, write_ctp_sequence
@@ -128,18 +128,21 @@ def run_inpaint(job, reporter) -> dict[str, str]:
     how = "the posterior mean" if estimate == "mean" else f"{sampler}, {steps} steps"
     reporter.log(f"{len(seq)} input frames ({len(plan.known)} good, {len(plan.bad)} bad) -> {len(plan.times_s)} frames "
                  f"at {interval:g} s; synthesizing {plan.n_missing} with {how} on {device}")
-    frames = np.empty((0,) + seq.frame_shape, np.float32)
-    if plan.n_missing:
-        generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
-        frames, stats = inpaint_frames(seq.array, seq.times_s, plan, model, steps=steps, sampler=sampler, device=device,
-                                       estimate=estimate, generator=generator, batch_size=batch, spacing=spacing,
-                                       progress=lambda step, total: reporter.progress("sampling", step, total),
-                                       log=reporter.warning)
+    generator = torch.Generator(device=device).manual_seed(job.seed) if job.seed is not None else None
+    array, stats = fill_sequence(seq.array, seq.times_s, plan, model, steps=steps, sampler=sampler, device=device,
+                                 estimate=estimate, generator=generator, batch_size=batch, spacing=spacing,
+                                 progress=lambda step, total: reporter.progress("sampling", step, total),
+                                 log=reporter.warning)
+    if stats:
         reporter.log(f"{stats['items']} (frame, slab) items in {stats['batches']} batches of up to {stats['batch_size']}"
                      f"{' (chosen from free memory)' if stats['batch_chosen'] else ''}: "
                      f"{stats['network_evaluations']} network evaluations; bolus peak at {stats['peak_s']:g} s")
-    out = Sequence(assemble(seq.array, plan, frames), seq.ijk_to_ras.copy(), plan.times_s.copy(),
+        if stats["window"]:
+            reporter.log(f"the network ran on {stats['windows']} in-plane windows of {stats['window'][0]}x"
+                         f"{stats['window'][1]} per evaluation, blended into whole frames")
+    out = Sequence(array, seq.ijk_to_ras.copy(), plan.times_s.copy(),
                    {k: v for k, v in seq.metadata.items() if k in ("index_name",)})
+    del seq, array  # the writer streams from the one output array
     write_ctp_sequence(out, out_path)
     return {"sequence": str(out_path)}
 

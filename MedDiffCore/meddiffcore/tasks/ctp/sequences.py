@@ -135,6 +135,16 @@ def write_ctp_sequence(seq: Sequence, path) -> Path:
     if _ext(p) == NPY_EXTENSION:
         with atomic_output(p) as tmp:
             with open(tmp, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(np.moveaxis(seq.array, 0, -1)), allow_pickle=False)
+                _save_seed_layout(handle, seq.array)
         return p
     return write_sequence(seq, p)
+
+
+def _save_seed_layout(handle, array: np.ndarray) -> None:
+    """``np.save`` of ``array`` (t, z, y, x) moved to the seed's [slices, H, W, T], written one slice at a time
+    (the file is the same byte for byte; the moved array is never held whole)."""
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                  "fortran_order": False,
+                                                  "shape": array.shape[1:] + array.shape[:1]})
+    for z in range(array.shape[1]):
+        handle.write(np.ascontiguousarray(np.moveaxis(array[:, z], 0, -1)).data)
