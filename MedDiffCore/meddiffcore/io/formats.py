@@ -450,7 +450,10 @@ def _load_nifti(p: Path):
     if affine is None or not np.all(np.isfinite(affine)):
         raise BadInputError(f"cannot read '{p.name}': the header has no valid orientation",
                             _CORRUPT_HINT)
-    return img, _native(np.asarray(data)), affine
+    data = np.asarray(data)  # nibabel's (x, y, z) array is Fortran-ordered: its transpose is our C-ordered (z, y, x)
+    if data.dtype.byteorder not in ("=", "|"):
+        data = data.astype(data.dtype.newbyteorder("="))
+    return img, data, affine  # no contiguous copy here: _nifti_array_to_zyx makes at most one
 
 
 def _nifti_array_to_zyx(data: np.ndarray) -> np.ndarray:

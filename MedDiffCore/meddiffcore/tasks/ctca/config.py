@@ -21,10 +21,13 @@ def hu_to_model(hu, window=HU_WINDOW):
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
 
 
-def model_to_hu(x, window=HU_WINDOW):
-    """[-1, 1] -> HU (float)."""
+def model_to_hu(x, window=HU_WINDOW, out: np.ndarray | None = None):
+    """[-1, 1] -> HU (float32); ``out`` (may be ``x`` itself) receives it without temporary copies."""
     lo, hi = window
-    return (np.asarray(x, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo
+    out = np.add(np.asarray(x, dtype=np.float32), 1.0, out=out)
+    np.divide(out, 2.0, out=out)
+    np.multiply(out, hi - lo, out=out)
+    return np.add(out, lo, out=out)
 
 
 @dataclass

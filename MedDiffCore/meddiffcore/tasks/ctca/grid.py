@@ -12,11 +12,12 @@ label map's own grid, so the output has exactly the input's geometry.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ...errors import BadInputError
+from ...io.resample import CHUNK_VOXELS, same_grid
+from ...io.resample import resample as resample_array
 from ...io.volume import Volume, geometry_from_spacing
-from .labels import CORONARY, NUM_CLASSES
+from .labels import CORONARY, label_values
 
 #: A coronary voxel keeps its label on a coarser grid when it fills at least this fraction of the new voxel.
 CORONARY_KEEP_FRACTION = 0.25
@@ -79,43 +80,37 @@ def labelled_box(volume: Volume, labels: np.ndarray, axes: np.ndarray | None = N
     return lo + offset - half, hi + offset + half
 
 
-def _zyx_affine(src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Matrix and offset mapping a destination (z, y, x) index to a source (z, y, x) index."""
-    a = np.linalg.inv(src_ijk_to_ras) @ dst_ijk_to_ras
-    perm = np.eye(4)[[2, 1, 0, 3]]
-    b = perm @ a @ perm
-    return b[:3, :3], b[:3, 3]
-
-
-def same_grid(src_ijk_to_ras, src_shape, dst_ijk_to_ras, dst_shape, atol: float = 1e-4) -> bool:
-    return tuple(src_shape) == tuple(dst_shape) and np.allclose(src_ijk_to_ras, dst_ijk_to_ras, atol=atol, rtol=0)
-
-
 def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray, dst_shape, order: int = 1,
-             mode: str = "nearest", cval: float = 0.0) -> np.ndarray:
-    """Resample a (z, y, x) array onto another grid (float32; exact copy when the grids are the same)."""
-    if same_grid(src_ijk_to_ras, array.shape, dst_ijk_to_ras, dst_shape):
-        return np.asarray(array, dtype=np.float32).copy()
-    matrix, offset = _zyx_affine(src_ijk_to_ras, dst_ijk_to_ras)
-    src = np.asarray(array, dtype=np.float32)
-    step = np.linalg.norm(matrix, axis=0)  # source voxels per destination voxel, per axis
-    if order > 0 and np.any(step > 1.5):  # downsampling: low-pass first so small structures are averaged, not skipped
-        src = ndimage.gaussian_filter(src, sigma=np.maximum(step.max() / 2.0 - 0.5, 0.0))
-    return ndimage.affine_transform(src, matrix, offset, output_shape=tuple(dst_shape), order=order, mode=mode, cval=cval)
+             mode: str = "nearest", cval: float = 0.0, **chunking) -> np.ndarray:
+    """Resample a (z, y, x) array onto another grid (float32 unless ``dtype``; exact copy when the grids are the
+    same), in bounded slabs: :func:`meddiffcore.io.resample.resample` (``dtype``, ``convert``, ``prepare``, ``out``)."""
+    return resample_array(array, src_ijk_to_ras, dst_ijk_to_ras, dst_shape, order, mode, cval, **chunking)
 
 
-def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shape) -> np.ndarray:
+def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shape,
+                    chunk_voxels: int = CHUNK_VOXELS) -> np.ndarray:
     """Labels onto another grid: the class with the largest (smoothed, linear) fraction wins, and coronaries
-    win wherever they fill at least :data:`CORONARY_KEEP_FRACTION`, so thin vessels stay connected."""
+    win wherever they fill at least :data:`CORONARY_KEEP_FRACTION`, so thin vessels stay connected.
+
+    One class at a time, each read as ``labels == value`` only box by box (:func:`resample`'s ``prepare``), with
+    a running arg-max (ties go to the lower label, as ``argmax`` does): memory is the output's few arrays, never
+    one float array per class at full size."""
+    dst_shape = tuple(int(n) for n in dst_shape)
     if same_grid(src_ijk_to_ras, labels.shape, dst_ijk_to_ras, dst_shape):
         return np.asarray(labels, dtype=np.uint8).copy()
-    present = [int(v) for v in np.unique(labels)]
-    fractions = np.zeros((NUM_CLASSES,) + tuple(dst_shape), dtype=np.float32)
+    present = [int(v) for v in label_values(labels)]
+    out = np.zeros(dst_shape, np.uint8)
+    best = np.zeros(dst_shape, np.float32)  # absent classes have fraction 0 everywhere: they never win a voxel
+    fraction = np.empty(dst_shape, np.float32)
     for value in present:
-        fractions[value] = resample((labels == value).astype(np.float32), src_ijk_to_ras, dst_ijk_to_ras, dst_shape,
-                                    order=1, mode="constant", cval=1.0 if value == 0 else 0.0)
-    out = fractions.argmax(axis=0).astype(np.uint8)
-    out[fractions[CORONARY] >= CORONARY_KEEP_FRACTION] = CORONARY
+        resample(labels, src_ijk_to_ras, dst_ijk_to_ras, dst_shape, order=1, mode="constant",
+                 cval=1.0 if value == 0 else 0.0, prepare=lambda block, v=value: block == v, out=fraction,
+                 chunk_voxels=chunk_voxels)
+        wins = fraction > best if value else np.ones(dst_shape, bool)
+        out[wins] = value
+        np.maximum(best, fraction, out=best)
+        if value == CORONARY:
+            out[fraction >= CORONARY_KEEP_FRACTION] = CORONARY
     return out
 
 

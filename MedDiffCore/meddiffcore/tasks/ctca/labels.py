@@ -159,12 +159,13 @@ def to_label_array(array: np.ndarray, mapping: dict[int, int] | None = None, wha
                                 "pass a label map (nearest-neighbour resampled), not an image")
     elif arr.dtype.kind not in "biu":
         raise BadInputError(f"{what} has dtype {arr.dtype}, not whole-number labels", "pass an integer label map")
-    huge = arr[np.abs(arr) > np.iinfo(np.int32).max] if arr.dtype.kind in "fu" or arr.dtype.itemsize > 4 else arr[:0]
+    can_be_huge = arr.dtype.kind == "f" or arr.dtype.itemsize > 4 or (arr.dtype.kind == "u" and arr.dtype.itemsize == 4)
+    huge = arr[np.abs(arr) > np.iinfo(np.int32).max] if can_be_huge else arr[:0]
     if huge.size:  # a cast to int64 would wrap (1e300 -> -9223372036854775808): name the real values
         shown = ", ".join(f"{v:g}" for v in np.unique(huge)[:5].astype(np.float64))
         raise BadInputError(f"{what} holds values far too large for labels ({shown})",
                             "a label map holds small whole numbers (ours 0-8); pass a label map, not an image")
-    values = np.unique(arr).astype(np.int64)
+    values = label_values(arr).astype(np.int64)
     if mapping is not None:
         mapping = {k: v for k, v in mapping.items() if isinstance(k, int)}  # segment-name keys apply to .seg.nrrd only
         unmapped = [int(v) for v in values if int(v) not in mapping]
@@ -173,7 +174,9 @@ def to_label_array(array: np.ndarray, mapping: dict[int, int] | None = None, wha
                                 "add them to the mapping file (map to 0 to drop them)")
         lut_keys = np.array(sorted(mapping), dtype=np.int64)
         lut_vals = np.array([mapping[k] for k in lut_keys], dtype=np.uint8)
-        out = lut_vals[np.searchsorted(lut_keys, arr.astype(np.int64))]
+        out = np.empty(arr.shape, np.uint8)
+        for z in range(arr.shape[0]):  # slice by slice: no int64 copy of the whole map
+            out[z] = lut_vals[np.searchsorted(lut_keys, arr[z].astype(np.int64))]
     else:
         unknown = [int(v) for v in values if int(v) not in LABELS]
         if unknown:
@@ -182,10 +185,18 @@ def to_label_array(array: np.ndarray, mapping: dict[int, int] | None = None, wha
                 + ", ".join(f"{k} {v}" for k, v in LABELS.items()),
                 "pass --label-mapping FILE.json to translate your label set",
             )
-        out = arr.astype(np.uint8)
+        out = arr.astype(np.uint8, copy=False)
     if not out.any():
         raise BadInputError(f"{what} is empty (every voxel is background)", "draw the heart labels first")
     return out
+
+
+def label_values(labels: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a label array, slice by slice (never a sorted copy of the whole map)."""
+    arr = np.asarray(labels)
+    if arr.ndim < 2 or arr.shape[0] == 0:
+        return np.unique(arr)
+    return np.unique(np.concatenate([np.unique(arr[z]) for z in range(arr.shape[0])]))
 
 
 def segmentation_labels(segmentation, mapping: dict[int | str, int] | None = None, what: str = "segmentation") -> np.ndarray:
@@ -239,8 +250,14 @@ def one_hot(labels, num_classes: int = NUM_CLASSES):
     """(z, y, x) integer labels -> (num_classes, z, y, x) float32 torch one-hot."""
     import torch
 
-    t = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    return torch.nn.functional.one_hot(t, num_classes).permute(3, 0, 1, 2).float()
+    arr = np.asarray(labels)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= num_classes):
+        raise ValueError(f"label values must be in 0..{num_classes - 1}, got {int(arr.min())}..{int(arr.max())}")
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8))
+    out = torch.empty((num_classes,) + tuple(t.shape), dtype=torch.float32)
+    for value in range(num_classes):  # one channel at a time: no int64 copy, no (z, y, x, classes) array
+        out[value] = t == value
+    return out
 
 
 def _list(values: list[int], limit: int = 8) -> str:

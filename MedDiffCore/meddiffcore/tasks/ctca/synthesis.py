@@ -97,6 +97,13 @@ def low_resolution(model: CTCAModel, labels: Volume, settings: SynthesisSettings
     return ijk_to_ras, x[0, 0].float().cpu().numpy()
 
 
+def to_int16_hu(x: np.ndarray, window) -> np.ndarray:
+    """Model units -> HU rounded and clipped to the CT range, in place on the float32 slab ``x``."""
+    hu = model_to_hu(x, window, out=x)
+    np.round(hu, out=hu)
+    return np.clip(hu, -1024, 3071, out=hu)
+
+
 def activation_bytes_per_voxel(model: CTCAModel, guidance: float) -> float:
     """A generous estimate of inference memory per voxel of one patch (for choosing the patch size)."""
     c = model.net.config
@@ -152,5 +159,5 @@ def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *,
 
 def on_label_grid(x: np.ndarray, grid: np.ndarray, labels: Volume, window) -> np.ndarray:
     """A stage's result (model units on its synthesis ``grid``) as int16 HU on ``labels``' own grid."""
-    hu = model_to_hu(resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest"), window)
-    return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    return resample(x, grid, labels.ijk_to_ras, labels.shape, order=1, mode="nearest", dtype=np.int16,
+                    convert=lambda slab: to_int16_hu(slab, window))  # slab by slab, straight into int16

@@ -267,6 +267,25 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
     return result.x, info
 
 
+def geometry_template(volume):
+    """``volume``'s geometry and metadata without its voxels (a zero-byte view), for the outputs' ``with_array``:
+    the input array is not kept alive through the reconstruction."""
+    return volume.with_array(np.broadcast_to(np.zeros((), np.float32), volume.shape))
+
+
+def output_array(t: torch.Tensor, scale: float, offset: float = 0.0, low: float | None = None) -> np.ndarray:
+    """Prior units -> output units (``t * scale + offset``, at least ``low``) as ONE new float32 array on the CPU:
+    no temporaries of the volume (in-place arithmetic on the copy)."""
+    moved = t.detach().to("cpu", torch.float32)
+    out = moved.numpy() if moved.data_ptr() != t.data_ptr() else moved.numpy().copy()  # never the solver's tensor
+    if low is not None:
+        np.maximum(out, low, out=out)
+    np.multiply(out, scale, out=out)
+    if offset:
+        np.add(out, offset, out=out)
+    return out
+
+
 def _write(volumes: list[tuple[Any, Path]]) -> None:
     from ...io import write_volume
 
@@ -309,14 +328,16 @@ def ct_problem_from_job(job: Job, model, device):
                                 "crop or pad the volume to square axial slices")
         views = _number(job.params, "views", 16, int, 1, 10000)
         beam = ParallelBeam.uniform(arr.shape[1], views, _number(job.params, "arc", 180.0, float, 1.0, 360.0))
-        x_true = torch.from_numpy((arr - tc["offset"]) / tc["scale"]).to(device)
+        np.subtract(arr, tc["offset"], out=arr)  # [0, 1] units in place: no float temporaries of the volume
+        np.divide(arr, tc["scale"], out=arr)
+        x_true = torch.from_numpy(arr).to(device)
         problem = CTProblem(beam)
         y = problem.forward(x_true)
         noise = _number(job.params, "noise", 0.0, float, 0.0, 1.0)
         if noise > 0:
             g = torch.Generator(device=device).manual_seed(1234)
             y = y + noise * y.abs().mean() * torch.randn(y.shape, generator=g, device=device)
-        return problem, y, tuple(arr.shape), vol, x_true
+        return problem, y, tuple(arr.shape), geometry_template(vol), x_true
     if "sinogram" not in job.inputs or "angles" not in job.inputs:
         raise ConfigError("a CT job needs inputs 'sinogram' and 'angles', or 'volume' to simulate from",
                           "use --sinogram S --angles A, or --simulate-from VOLUME --views N")
@@ -365,7 +386,7 @@ def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     _warn(reporter, card_warnings(model, "ct", problem.beam.n_angles, s.mode), info)
     tc = model.intensity
-    to_hu = lambda t: (t.detach().cpu().numpy() * tc["scale"] + tc["offset"]).astype(np.float32)  # noqa: E731
+    to_hu = lambda t: output_array(t, tc["scale"], tc["offset"])  # noqa: E731
     vols = [(template.with_array(to_hu(x), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_hu(problem.baseline(y, filt))), base_out))
@@ -423,11 +444,12 @@ def mri_problem_from_job(job: Job, model, device):
                          seed=job.seed or 0)
         mask_t = torch.from_numpy(mask).to(device)
         problem = MRIProblem(mask_t)
-        k = problem.forward(torch.from_numpy(arr.astype(np.float64)).to(device))
-        zf = problem.baseline(k).cpu().numpy()
-        scale = _mri_scale(zf)
-        y = (k / scale).to(torch.complex64)
-        return problem, y, tuple(arr.shape), vol, scale
+        k = problem.forward(torch.from_numpy(arr).to(device))  # complex64 k-space: no float64/complex128 copies
+        shape = tuple(arr.shape)
+        del arr
+        scale = _mri_scale(problem.baseline(k).cpu().numpy())
+        y = k.div_(scale)
+        return problem, y, shape, geometry_template(vol), scale
     if "kspace" not in job.inputs or "mask" not in job.inputs:
         raise ConfigError("an MRI job needs inputs 'kspace' and 'mask', or 'volume' to simulate from",
                           "use --kspace K.npy --mask M, or --simulate-from VOLUME --acceleration 8")
@@ -476,8 +498,8 @@ def run_mri(job: Job, reporter: Reporter) -> dict[str, str]:
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("acceleration", acceleration))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     _warn(reporter, card_warnings(model, "mri", float(acceleration), s.mode), info)
-    to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
-    vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
+    to_out = lambda t: output_array(t, scale)  # noqa: E731
+    vols = [(template.with_array(output_array(x, scale, low=0.0), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
     iter_out = _iterative_output(job)
@@ -513,7 +535,7 @@ def zsr_problem_from_job(job: Job, model, device):
         thick_geo = vol.ijk_to_ras.copy()
         thick_geo[:3, 2] *= factor
         thick_geo[:3, 3] = vol.ijk_to_ras[:3, 3] + vol.ijk_to_ras[:3, 2] * (factor - 1) / 2.0
-        template = vol
+        template = geometry_template(vol)
     else:
         thick = arr
         thick_geo = vol.ijk_to_ras
@@ -542,8 +564,8 @@ def run_zsr(job: Job, reporter: Reporter) -> dict[str, str]:
     problem, y, shape, template, scale, _ = zsr_problem_from_job(job, model, device)
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("factor", problem.factor))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
-    to_out = lambda t: (t.detach().cpu().numpy() * scale).astype(np.float32)  # noqa: E731
-    vols = [(template.with_array(to_out(x.clamp(min=0)), metadata={"meddiff": _meta(model, info)}), out)]
+    to_out = lambda t: output_array(t, scale)  # noqa: E731
+    vols = [(template.with_array(output_array(x, scale, low=0.0), metadata={"meddiff": _meta(model, info)}), out)]
     if base_out:
         vols.append((template.with_array(to_out(problem.baseline(y))), base_out))
     _write(vols)
