@@ -130,6 +130,31 @@ def test_label_resampling_of_a_heart_in_a_large_field_is_exact_at_a_fraction_of_
     assert 0 < whole_volume_filters < 1.0, whole_volume_filters
 
 
+def test_slabs_run_on_the_jobs_threads_with_the_same_bits(labels, monkeypatch):
+    """With the job's 2 threads (devices.set_threads) the slabs of resampling and low-pass run in parallel, and
+    labels, linear values and int16 HU are bit for bit those of one thread."""
+    import threading
+
+    from meddiffcore import devices
+
+    grid, shape = synthesis_grid(labels, 4.0)
+    single = resample_labels(labels.array, labels.ijk_to_ras, grid, shape, chunk_voxels=777)
+    x = np.random.default_rng(3).uniform(-1, 1, shape).astype(np.float32)
+    kwargs = dict(order=1, mode="nearest", dtype=np.int16, chunk_voxels=1000, convert=lambda s: np.round(s * 1000.0))
+    hu = resample(x, grid, labels.ijk_to_ras, labels.shape, workers=1, **kwargs)
+    monkeypatch.setattr(devices, "_JOB_THREADS", 2)
+    threads = set()
+
+    def seen(block):
+        threads.add(threading.get_ident())
+        return block
+    assert np.array_equal(resample_labels(labels.array, labels.ijk_to_ras, grid, shape, chunk_voxels=777), single)
+    assert np.array_equal(resample(x, grid, labels.ijk_to_ras, labels.shape, prepare=seen, **kwargs), hu)
+    assert len(threads) == 2
+    data = labels.array == 3
+    assert np.array_equal(lowpass(data, 1.2, chunk_voxels=2000), lowpass(data, 1.2, chunk_voxels=2000, workers=1))
+
+
 def test_chunked_linear_resampling_equals_the_whole_volume_one(labels):
     grid, shape = synthesis_grid(labels, 2.0)
     x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
