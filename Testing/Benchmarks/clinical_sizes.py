@@ -260,8 +260,12 @@ def print_row(task, src, in_b, out_b, result, floor, working, steps, job_s, net_
     if task == "ctca" and steps != "card" and job_s and net_s:
         card_steps = card_sampling_steps("ctca")
         per_step, outside = net_s / int(steps), job_s - net_s
-        print(f"      at the card's {card_steps} steps: {outside / (outside + card_steps * per_step) * 100:.1f} % outside "
-              f"the network (projected: {outside:.0f} s outside, {per_step:.0f} s per measured step)")
+        share = outside / (outside + card_steps * per_step) * 100
+        if outside <= 0:  # the steps' own spread (a loaded machine) exceeds the time outside the network
+            print("      the time outside the network is below the spread of the step times: see outside_network.py")
+            return
+        print(f"      at the card's {card_steps} steps: {share:.1f} % outside the network (projected: "
+              f"{outside:.0f} s outside, {per_step:.0f} s per measured step)")
 
 
 def card_sampling_steps(task: str) -> int:

@@ -57,8 +57,8 @@ def _slab(shape, chunk_voxels: int) -> int:
 
 
 def _each_slab(work: Callable[[int], None], starts, workers: int | None) -> None:
-    """``work(z0)`` for every slab, on ``workers`` threads (default: the job's, :func:`meddiffcore.devices.job_threads`).
-    SciPy's filters and interpolation release the GIL and each slab writes only its own rows, so the result is the
+    """``work(z0)`` for every slab, on ``workers`` threads (default: the job's,
+    :func:`meddiffcore.devices.job_threads`). SciPy's filters and interpolation release the GIL and each slab writes only its own rows, so the result is the
     same bit for bit; at most ``workers`` slabs' temporaries exist at a time."""
     from ..devices import job_threads
 
@@ -163,14 +163,17 @@ def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.n
         source = np.asarray(array, dtype=np.float32)  # interpolate float32 values, as the output is float32
     sigma = lowpass_sigma(matrix, order)
     if sigma > 0 or order > 1:
-        source = lowpass(source, sigma, prepare, chunk_voxels, lowpass_box, lowpass_fill, workers) if sigma > 0 else np.asarray(
-            source if prepare is None else prepare(source), dtype=np.float32)
+        if sigma > 0:
+            source = lowpass(source, sigma, prepare, chunk_voxels, lowpass_box, lowpass_fill, workers)
+        else:
+            source = np.asarray(source if prepare is None else prepare(source), dtype=np.float32)
         prepare = None
     if order > 1:
         result = ndimage.affine_transform(source, matrix, offset, output_shape=dst_shape, order=order, mode=mode,
                                           cval=cval, output=np.float32)
         out[...] = result if convert is None else convert(result)
         return out
+
     def resampled(z0: int) -> None:
         z1 = min(z0 + step, dst_shape[0])
         box = _source_box(matrix, offset, z0, z1, dst_shape, source.shape, order)
