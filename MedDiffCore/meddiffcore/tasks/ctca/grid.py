@@ -119,17 +119,19 @@ def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shap
     dst_shape = tuple(int(n) for n in dst_shape)
     if same_grid(src_ijk_to_ras, labels.shape, dst_ijk_to_ras, dst_shape):
         return np.asarray(labels, dtype=np.uint8).copy()
-    present = [int(v) for v in label_values(labels)]
     lowpass: dict[int, tuple] = {}  # value -> (box filtered, value elsewhere) where the map is low-passed
     sigma = lowpass_sigma(zyx_affine(src_ijk_to_ras, dst_ijk_to_ras)[0], 1)
     if sigma > 0:
         radius = lowpass_radius(sigma)
         boxes = label_boxes(labels)
+        present = sorted(boxes)
         others = [boxes[v] for v in present if v]
         lowpass = {v: (grown_box(boxes[v], radius, labels.shape), 0.0) for v in present if v}
         if others and 0 in present:
             union = tuple(slice(min(b[a].start for b in others), max(b[a].stop for b in others)) for a in range(3))
             lowpass[0] = (grown_box(union, 2 * radius + 2, labels.shape), 1.0)
+    else:
+        present = [int(v) for v in label_values(labels)]
     out = np.zeros(dst_shape, np.uint8)
     best = np.zeros(dst_shape, np.float32)  # absent classes have fraction 0 everywhere: they never win a voxel
     fraction = np.empty(dst_shape, np.float32)
