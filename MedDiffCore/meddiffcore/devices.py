@@ -213,11 +213,20 @@ def set_threads(threads: int | None) -> int:
         threads = min(free_cores(), _TORCH_DEFAULT_THREADS)
     threads = max(1, int(threads))
     torch.set_num_threads(threads)
+    global _JOB_THREADS
+    _JOB_THREADS = threads
     return threads
+
+
+def job_threads() -> int:
+    """The CPU threads the running job was given (:func:`set_threads`; 1 before any job): what NumPy/SciPy work
+    outside torch, e.g. resampling slab by slab (:mod:`meddiffcore.io.resample`), may run in parallel."""
+    return _JOB_THREADS
 
 
 #: torch's own thread count before :func:`set_threads` first changed it.
 _TORCH_DEFAULT_THREADS: int | None = None
+_JOB_THREADS = 1
 
 
 def machine_report() -> dict[str, Any]:

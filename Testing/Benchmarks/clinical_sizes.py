@@ -16,13 +16,16 @@ that also loads the job's model and runs one network evaluation at the job's win
 :data:`ENGINE_CODE`): the last one is what depends on the data, and the target is judged on it. Also the share of
 the job spent outside the network: the job time minus the time of the sampler's progress phases (first to last step,
 plus one average step), over the job time (target <= 20 %); it means something only at the cards' steps (a ``*``
-marks a ``--steps`` override). Recon's "network" phase includes its data-consistency steps.
+marks a ``--steps`` override; for ``ctca`` the share at the card's steps is then also projected from the measured
+time outside the network and per step, which do not depend on the number of steps). Recon's "network" phase
+includes its data-consistency steps.
 
 ``--scale`` shrinks every in-plane size (and grows the in-plane spacing, so the anatomy keeps its size in mm);
 slice counts, frame counts and MRI's z stay. ``--steps`` (ctca, ct, mri) shortens the sampling for memory figures:
 the sampler's working set does not grow with the steps. The full-size memory run, one job at a time::
 
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --steps 2 --tasks ctca ct mri
+    OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --ctca-steps 4
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 0.25 --tasks ctca ctp ct mri
     python Testing/Benchmarks/clinical_sizes.py --scale 1 --device cuda
 
@@ -254,6 +257,23 @@ def print_row(task, src, in_b, out_b, result, floor, working, steps, job_s, net_
           f"{ratio:>13} {ratio_net:>6} {ratio_ws:>8} {outside:>11}", flush=True)
     for w in warnings:
         print(f"      warning: {w}")
+    if task == "ctca" and steps != "card" and job_s and net_s:
+        card_steps = card_sampling_steps("ctca")
+        per_step, outside = net_s / int(steps), job_s - net_s
+        share = outside / (outside + card_steps * per_step) * 100
+        if outside <= 0:  # the steps' own spread (a loaded machine) exceeds the time outside the network
+            print("      the time outside the network is below the spread of the step times: see outside_network.py")
+            return
+        print(f"      at the card's {card_steps} steps: {share:.1f} % outside the network (projected: "
+              f"{outside:.0f} s outside, {per_step:.0f} s per measured step)")
+
+
+def card_sampling_steps(task: str) -> int:
+    """The default steps of the job's model (CTCA: the bundled default model's card)."""
+    from meddiffcore.models import ModelCard, find_model
+    from meddiffcore.tasks.ctca.run import DEFAULT_MODEL
+
+    return int(ModelCard.from_json_file(find_model(DEFAULT_MODEL).card_path).diffusion.get("steps", 25))
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from scipy import ndimage
 from ctca_helpers import save_tiny_model
 from meddiffcore.cli import main as cli_main
 from meddiffcore.io import Volume, read_volume
-from meddiffcore.io.resample import LINEAR_TOLERANCE, lowpass_sigma, resample, zyx_affine
+from meddiffcore.io.resample import (LINEAR_TOLERANCE, TRUNCATE, grown_box, lowpass, lowpass_radius, lowpass_sigma,
+                                    resample, zyx_affine)
 from meddiffcore.io.volume import geometry_from_spacing
 from meddiffcore.tasks.ctca.grid import CORONARY_KEEP_FRACTION, resample_labels, synthesis_grid
 from meddiffcore.tasks.ctca.labels import CORONARY, NUM_CLASSES, one_hot, to_label_array
@@ -66,6 +67,93 @@ def test_chunked_label_resampling_equals_the_whole_volume_one_exactly(labels, sp
     got = resample_labels(labels.array, labels.ijk_to_ras, grid, shape, chunk_voxels=777)  # slabs of a few rows
     assert shape[0] * shape[1] * shape[2] > 10 * 777 and np.array_equal(got, expected)
     assert set(np.unique(got)) == set(range(NUM_CLASSES))
+
+
+@pytest.mark.parametrize("sigma", [0.75, 2.0])
+def test_slab_wise_lowpass_equals_the_whole_volume_gaussian_bit_for_bit(sigma):
+    """The z pass reads a halo, the y and x passes run on the slab alone: the same float32 bits as
+    ``gaussian_filter`` on the whole volume, for slabs of one row to the whole volume."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 3, (37, 23, 29)).astype(np.uint8)
+    expected = ndimage.gaussian_filter(data == 1, sigma, output=np.float32, truncate=TRUNCATE)
+    for chunk in (1, 23 * 29 * 3, 10**9):
+        assert np.array_equal(lowpass(data, sigma, lambda b: b == 1, chunk_voxels=chunk), expected)
+    values = rng.normal(size=(20, 31, 17)).astype(np.float32)
+    assert np.array_equal(lowpass(values, sigma, chunk_voxels=100),
+                          ndimage.gaussian_filter(values, sigma, output=np.float32, truncate=TRUNCATE))
+
+
+def test_lowpass_in_a_box_is_exact_where_it_claims():
+    """Data zero outside a box: filtering the box grown by the radius is exact everywhere; any box is exact where
+    the kernel's window lies inside it, and ``fill`` outside it."""
+    sigma = 1.5
+    r = lowpass_radius(sigma)
+    data = np.zeros((40, 50, 45), np.float32)
+    support = (slice(12, 25), slice(3, 30), slice(20, 41))  # touches the volume's edges at y 0..3 after growing
+    data[support] = np.random.default_rng(2).uniform(0, 1, data[support].shape)
+    whole = ndimage.gaussian_filter(data, sigma, output=np.float32, truncate=TRUNCATE)
+    assert np.array_equal(lowpass(data, sigma, box=grown_box(support, r, data.shape), chunk_voxels=500), whole)
+    ones = np.ones_like(data)
+    ones[support] = data[support]
+    box = grown_box(support, 2 * r, data.shape)
+    got = lowpass(ones, sigma, box=box, fill=7.0, chunk_voxels=500)
+    inner = grown_box(support, r, data.shape)
+    whole_ones = ndimage.gaussian_filter(ones, sigma, output=np.float32, truncate=TRUNCATE)
+    assert np.array_equal(got[inner], whole_ones[inner])
+    outside = np.ones(data.shape, bool)
+    outside[box] = False
+    assert np.all(got[outside] == 7.0)
+
+
+def test_label_resampling_of_a_heart_in_a_large_field_is_exact_at_a_fraction_of_the_filtering(labels, monkeypatch):
+    """A heart in a field of view twice its size, downsampled (low-pass first): the labels are bit for bit those of
+    whole-volume filtering, while the Gaussian passes cover less than one whole-volume filter for all classes
+    together; filtering every class over the whole map (the code before) did 9 such filters and more."""
+    import scipy.ndimage._filters as filters
+
+    field = np.zeros((70, 140, 132), np.uint8)
+    field[12:57, 35:105, 33:99] = labels.array
+    src = labels.ijk_to_ras @ np.array([[1, 0, 0, -33], [0, 1, 0, -35], [0, 0, 1, -12], [0, 0, 0, 1.0]])
+    big = Volume(field, src)
+    grid, shape = synthesis_grid(big, 4.0)
+    expected = _whole_volume_labels(field, src, grid, shape)
+    original, passes = ndimage.gaussian_filter1d, []
+
+    def counted(array, *args, **kwargs):
+        passes.append(np.asarray(array).size)
+        return original(array, *args, **kwargs)
+
+    monkeypatch.setattr(ndimage, "gaussian_filter1d", counted)
+    monkeypatch.setattr(filters, "gaussian_filter1d", counted)  # what ndimage.gaussian_filter calls
+    got = resample_labels(field, src, grid, shape, chunk_voxels=5000)
+    assert np.array_equal(got, expected) and set(np.unique(got)) == set(range(NUM_CLASSES))
+    whole_volume_filters = sum(passes) / (3 * field.size)
+    assert 0 < whole_volume_filters < 1.0, whole_volume_filters
+
+
+def test_slabs_run_on_the_jobs_threads_with_the_same_bits(labels, monkeypatch):
+    """With the job's 2 threads (devices.set_threads) the slabs of resampling and low-pass run in parallel, and
+    labels, linear values and int16 HU are bit for bit those of one thread."""
+    import threading
+
+    from meddiffcore import devices
+
+    grid, shape = synthesis_grid(labels, 4.0)
+    single = resample_labels(labels.array, labels.ijk_to_ras, grid, shape, chunk_voxels=777)
+    x = np.random.default_rng(3).uniform(-1, 1, shape).astype(np.float32)
+    kwargs = dict(order=1, mode="nearest", dtype=np.int16, chunk_voxels=1000, convert=lambda s: np.round(s * 1000.0))
+    hu = resample(x, grid, labels.ijk_to_ras, labels.shape, workers=1, **kwargs)
+    monkeypatch.setattr(devices, "_JOB_THREADS", 2)
+    threads = set()
+
+    def seen(block):
+        threads.add(threading.get_ident())
+        return block
+    assert np.array_equal(resample_labels(labels.array, labels.ijk_to_ras, grid, shape, chunk_voxels=777), single)
+    assert np.array_equal(resample(x, grid, labels.ijk_to_ras, labels.shape, prepare=seen, **kwargs), hu)
+    assert len(threads) == 2
+    data = labels.array == 3
+    assert np.array_equal(lowpass(data, 1.2, chunk_voxels=2000), lowpass(data, 1.2, chunk_voxels=2000, workers=1))
 
 
 def test_chunked_linear_resampling_equals_the_whole_volume_one(labels):

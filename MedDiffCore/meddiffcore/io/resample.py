@@ -16,6 +16,7 @@ data's range); nearest-neighbour (``order=0``) results are identical.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -55,18 +56,65 @@ def _slab(shape, chunk_voxels: int) -> int:
     return max(1, int(chunk_voxels) // max(1, int(shape[1]) * int(shape[2])))
 
 
+def _each_slab(work: Callable[[int], None], starts, workers: int | None) -> None:
+    """``work(z0)`` for every slab, on ``workers`` threads (default: the job's,
+    :func:`meddiffcore.devices.job_threads`). SciPy's filters and interpolation release the GIL and each slab writes only its own rows, so the result is the
+    same bit for bit; at most ``workers`` slabs' temporaries exist at a time."""
+    from ..devices import job_threads
+
+    starts = list(starts)
+    workers = job_threads() if workers is None else max(1, int(workers))
+    if workers == 1 or len(starts) < 2:
+        for z0 in starts:
+            work(z0)
+        return
+    with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+        for _ in pool.map(work, starts):
+            pass
+
+
+def lowpass_radius(sigma: float) -> int:
+    """Half-width in voxels of :func:`lowpass`'s truncated Gaussian: a voxel further away has no weight."""
+    return int(TRUNCATE * sigma + 0.5)
+
+
+def grown_box(box: tuple[slice, ...], margin: int, shape) -> tuple[slice, ...]:
+    """``box`` (one slice per axis) grown by ``margin`` voxels on every side, clipped to ``shape``."""
+    return tuple(slice(max(0, b.start - margin), min(int(n), b.stop + margin)) for b, n in zip(box, shape))
+
+
 def lowpass(array: np.ndarray, sigma: float, prepare: Callable | None = None,
-            chunk_voxels: int = CHUNK_VOXELS) -> np.ndarray:
-    """``gaussian_filter(prepare(array), sigma)`` as float32, computed in z slabs with a halo of the kernel's
-    radius, so it is identical to the whole-volume filter while only one slab's temporaries exist at a time."""
-    radius = int(TRUNCATE * sigma + 0.5)
-    out = np.empty(array.shape, np.float32)
-    step = max(_slab(array.shape, chunk_voxels), 2 * radius)  # slabs well over the halo: little work is repeated
-    for z0 in range(0, array.shape[0], step):
-        z1 = min(z0 + step, array.shape[0])
-        lo, hi = max(0, z0 - radius), min(array.shape[0], z1 + radius)
-        part = array[lo:hi] if prepare is None else prepare(array[lo:hi])
-        out[z0:z1] = ndimage.gaussian_filter(part, sigma, output=np.float32, truncate=TRUNCATE)[z0 - lo:z1 - lo]
+            chunk_voxels: int = CHUNK_VOXELS, box: tuple[slice, ...] | None = None, fill: float = 0.0,
+            workers: int | None = None) -> np.ndarray:
+    """``gaussian_filter(prepare(array), sigma)`` as float32, bit for bit, computed in z slabs: the first (z) pass
+    of each slab reads a halo of the kernel's radius, the y and x passes (which never cross slabs) run on the slab
+    alone, so only one slab's temporaries exist at a time and at most a third of the work is done twice.
+
+    ``box`` (one slice per axis) filters only that part of the array, as if it were the whole volume (its inner
+    edges reflect as the volume's do), and sets the rest to ``fill``. The result then equals the whole-volume filter
+    wherever the kernel's window (:func:`lowpass_radius`) lies inside the box or meets only the volume's own edges;
+    and everywhere, with ``fill=0``, when ``prepare(array)`` is zero outside a box that, grown by the radius
+    (:func:`grown_box`), fits in ``box`` (the reflected values are zeros then, as the true ones are).
+    ``workers``: threads for the slabs (:func:`_each_slab`)."""
+    radius = lowpass_radius(sigma)
+    out = np.zeros(array.shape, np.float32) if fill == 0 else np.full(array.shape, fill, np.float32)
+    box = tuple(slice(0, n) for n in array.shape) if box is None else grown_box(box, 0, array.shape)
+    if any(b.stop <= b.start for b in box):
+        return out
+    source, target = array[box], out[box]
+    step = max(_slab(source.shape, chunk_voxels), 2 * radius)  # slabs well over the halo: little work is repeated
+
+    def filtered(z0: int) -> None:
+        z1 = min(z0 + step, source.shape[0])
+        lo, hi = max(0, z0 - radius), min(source.shape[0], z1 + radius)
+        part = source[lo:hi] if prepare is None else prepare(source[lo:hi])
+        slab = ndimage.gaussian_filter1d(part, sigma, 0, output=np.float32, truncate=TRUNCATE)[z0 - lo:z1 - lo]
+        del part
+        for axis in (1, 2):  # in place, as gaussian_filter does its later passes
+            ndimage.gaussian_filter1d(slab, sigma, axis, output=slab, truncate=TRUNCATE)
+        target[z0:z1] = slab
+
+    _each_slab(filtered, range(0, source.shape[0], step), workers)
     return out
 
 
@@ -88,14 +136,17 @@ def _source_box(matrix, offset, z0: int, z1: int, dst_shape, src_shape, order: i
 def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray, dst_shape, order: int = 1,
              mode: str = "nearest", cval: float = 0.0, *, dtype=np.float32, convert: Callable | None = None,
              prepare: Callable | None = None, out: np.ndarray | None = None,
-             chunk_voxels: int = CHUNK_VOXELS) -> np.ndarray:
+             chunk_voxels: int = CHUNK_VOXELS, lowpass_box: tuple[slice, ...] | None = None,
+             lowpass_fill: float = 0.0, workers: int | None = None) -> np.ndarray:
     """Resample a (z, y, x) array onto another grid (``order`` 0 nearest, 1 linear; exact copy on the same grid).
 
     ``prepare(block)`` maps a block of the source to the values to interpolate (e.g. ``block == label``), applied
     only to the boxes that are read; ``convert(slab)`` maps each float32 output slab before it is stored as
     ``dtype`` (e.g. to rounded HU); ``out`` receives the result (allocated when None). Downsampling by more than
-    :data:`LOWPASS_STEP` low-pass filters the source first (:func:`lowpass`). Spline orders above 1 need a
-    whole-volume prefilter and are computed in one piece."""
+    :data:`LOWPASS_STEP` low-pass filters the source first (:func:`lowpass`; ``lowpass_box`` and ``lowpass_fill``
+    are its ``box`` and ``fill``: the caller's knowledge of where ``prepare(array)`` is zero, so that the filter runs
+    only where it matters). Spline orders above 1 need a whole-volume prefilter and are computed in one piece.
+    Slabs run on ``workers`` threads (default: the job's; the result does not depend on it, :func:`_each_slab`)."""
     dst_shape = tuple(int(n) for n in dst_shape)
     if out is None:
         out = np.empty(dst_shape, dtype)
@@ -112,15 +163,18 @@ def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.n
         source = np.asarray(array, dtype=np.float32)  # interpolate float32 values, as the output is float32
     sigma = lowpass_sigma(matrix, order)
     if sigma > 0 or order > 1:
-        source = lowpass(source, sigma, prepare, chunk_voxels) if sigma > 0 else np.asarray(
-            source if prepare is None else prepare(source), dtype=np.float32)
+        if sigma > 0:
+            source = lowpass(source, sigma, prepare, chunk_voxels, lowpass_box, lowpass_fill, workers)
+        else:
+            source = np.asarray(source if prepare is None else prepare(source), dtype=np.float32)
         prepare = None
     if order > 1:
         result = ndimage.affine_transform(source, matrix, offset, output_shape=dst_shape, order=order, mode=mode,
                                           cval=cval, output=np.float32)
         out[...] = result if convert is None else convert(result)
         return out
-    for z0 in range(0, dst_shape[0], step):
+
+    def resampled(z0: int) -> None:
         z1 = min(z0 + step, dst_shape[0])
         box = _source_box(matrix, offset, z0, z1, dst_shape, source.shape, order)
         block = source[box]
@@ -133,4 +187,6 @@ def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.n
         part = ndimage.affine_transform(block, matrix, shift, output_shape=(z1 - z0,) + dst_shape[1:], order=order,
                                         mode=mode, cval=cval, output=np.float32)
         out[z0:z1] = part if convert is None else convert(part)
+
+    _each_slab(resampled, range(0, dst_shape[0], step), workers)
     return out

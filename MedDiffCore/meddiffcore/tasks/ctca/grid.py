@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import BadInputError
-from ...io.resample import CHUNK_VOXELS, same_grid
+from ...io.resample import CHUNK_VOXELS, grown_box, lowpass_radius, lowpass_sigma, same_grid, zyx_affine
 from ...io.resample import resample as resample_array
 from ...io.volume import Volume, geometry_from_spacing
 from .labels import CORONARY, label_values
@@ -87,6 +87,20 @@ def resample(array: np.ndarray, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.n
     return resample_array(array, src_ijk_to_ras, dst_ijk_to_ras, dst_shape, order, mode, cval, **chunking)
 
 
+def label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Each value present in ``labels`` -> the box (one slice per axis) of its voxels, found slice by slice."""
+    found: dict[int, list[int]] = {}  # value -> [z0, z1, y0, y1, x0, x1]
+    for z in range(labels.shape[0]):
+        plane = labels[z]
+        for value in np.unique(plane):
+            mask = plane == value
+            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+            b = found.setdefault(int(value), [z, z + 1, rows[0], rows[-1] + 1, cols[0], cols[-1] + 1])
+            b[1], b[2], b[3] = z + 1, min(b[2], rows[0]), max(b[3], rows[-1] + 1)
+            b[4], b[5] = min(b[4], cols[0]), max(b[5], cols[-1] + 1)
+    return {v: (slice(b[0], b[1]), slice(int(b[2]), int(b[3])), slice(int(b[4]), int(b[5]))) for v, b in found.items()}
+
+
 def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shape,
                     chunk_voxels: int = CHUNK_VOXELS) -> np.ndarray:
     """Labels onto another grid: the class with the largest (smoothed, linear) fraction wins, and coronaries
@@ -94,18 +108,38 @@ def resample_labels(labels: np.ndarray, src_ijk_to_ras, dst_ijk_to_ras, dst_shap
 
     One class at a time, each read as ``labels == value`` only box by box (:func:`resample`'s ``prepare``), with
     a running arg-max (ties go to the lower label, as ``argmax`` does): memory is the output's few arrays, never
-    one float array per class at full size."""
+    one float array per class at full size.
+
+    Where the map is downsampled (low-pass first), each class is filtered only in the box of its voxels grown by
+    the kernel's radius (outside it its fraction is exactly zero), and the background only around the other
+    classes' boxes (it decides a voxel only where another class's fraction is above zero, i.e. within one voxel of
+    such a box grown by the radius; the background is filtered in their union grown by twice the radius and two
+    voxels, exact there): the labels are bit for bit those of whole-volume filtering, at a fraction of the work
+    for a clinical map, where each structure fills a small part of the field of view."""
     dst_shape = tuple(int(n) for n in dst_shape)
     if same_grid(src_ijk_to_ras, labels.shape, dst_ijk_to_ras, dst_shape):
         return np.asarray(labels, dtype=np.uint8).copy()
-    present = [int(v) for v in label_values(labels)]
+    lowpass: dict[int, tuple] = {}  # value -> (box filtered, value elsewhere) where the map is low-passed
+    sigma = lowpass_sigma(zyx_affine(src_ijk_to_ras, dst_ijk_to_ras)[0], 1)
+    if sigma > 0:
+        radius = lowpass_radius(sigma)
+        boxes = label_boxes(labels)
+        present = sorted(boxes)
+        others = [boxes[v] for v in present if v]
+        lowpass = {v: (grown_box(boxes[v], radius, labels.shape), 0.0) for v in present if v}
+        if others and 0 in present:
+            union = tuple(slice(min(b[a].start for b in others), max(b[a].stop for b in others)) for a in range(3))
+            lowpass[0] = (grown_box(union, 2 * radius + 2, labels.shape), 1.0)
+    else:
+        present = [int(v) for v in label_values(labels)]
     out = np.zeros(dst_shape, np.uint8)
     best = np.zeros(dst_shape, np.float32)  # absent classes have fraction 0 everywhere: they never win a voxel
     fraction = np.empty(dst_shape, np.float32)
     for value in present:
+        box, fill = lowpass.get(value, (None, 0.0))
         resample(labels, src_ijk_to_ras, dst_ijk_to_ras, dst_shape, order=1, mode="constant",
                  cval=1.0 if value == 0 else 0.0, prepare=lambda block, v=value: block == v, out=fraction,
-                 chunk_voxels=chunk_voxels)
+                 chunk_voxels=chunk_voxels, lowpass_box=box, lowpass_fill=fill)
         wins = fraction > best if value else np.ones(dst_shape, bool)
         out[wins] = value
         np.maximum(best, fraction, out=best)

@@ -34,7 +34,7 @@ import torch
 
 from meddiffcore.diffusion import get_sampler, initial_noise, network_evaluations
 
-from .config import CTPDiffusionConfig, hu_to_model, model_to_hu, tissue_mask, window_bounds
+from .config import CTPDiffusionConfig, clip, hu_to_model, model_to_hu, tissue_mask, window_bounds
 from . import authors
 from .authors import uses_authors_rules
 from .model import InPlaneWindows, LoadedModel, denoiser_for, in_plane_layout, linear_between
@@ -345,7 +345,12 @@ def _estimate_chunk(model: LoadedModel, chunk: list[tuple[int, int]], plan: Inpa
 def linear_frame(hu: np.ndarray, target) -> np.ndarray:
     """The linear interpolation (in HU, float32) of one target frame between its two known frames."""
     w = target.left_gap_s / (target.left_gap_s + target.right_gap_s)
-    return (1 - w) * hu[target.left].astype(np.float32) + w * hu[target.right].astype(np.float32)
+    out = hu[target.left].astype(np.float32)  # (1 - w) * left + w * right, the same float32 operations in place
+    out *= 1 - w
+    right = hu[target.right].astype(np.float32)
+    right *= w
+    out += right
+    return out
 
 
 def linear_fill(hu: np.ndarray, plan: InpaintPlan) -> np.ndarray:
@@ -361,7 +366,8 @@ def in_dtype(frame: np.ndarray, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        frame = np.clip(np.rint(frame), info.min, info.max)
+        rounded = np.rint(frame)
+        frame = clip(rounded, info.min, info.max, out=rounded)
     return frame.astype(dtype, copy=False)
 
 
