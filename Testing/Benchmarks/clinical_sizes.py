@@ -171,22 +171,18 @@ with torch.no_grad():
 """,
     "recon": """
 import torch
-from meddiffcore.diffusion import predict
 from meddiffcore.domain import header_geometry
 from meddiffcore.tasks.recon.planes import to_slices
-from meddiffcore.tasks.recon.priors import VolumePrior
 from meddiffcore.tasks.recon.run import DEFAULT_MODELS, settings_from
 from meddiffcore.tasks.recon.model import load_recon_model
 device = torch.device("{device}")
 model = load_recon_model(DEFAULT_MODELS["{task}"], device=device)
 shape = tuple(header_geometry("{src}")[0][1][::-1])  # z, y, x
-chunk = settings_from({{}}, model.card.task_config.get("defaults", {{}})).chunk  # the job's slices per network call
-for net, plane in ((model.primary, model.primary_plane), (model.auxiliary, model.auxiliary_plane)):
-    prior = VolumePrior(net, plane, model.size_multiple, chunk)
-    slices = to_slices(torch.zeros(shape, device=device), plane)[:chunk]
-    part, _ = prior._pad(slices[:, None])
+chunk = settings_from({{}}, model.card.task_config.get("defaults", {{}})).chunk  # the job's cap on slices per call
+for prior in model.prior_pair(chunk):  # the job's priors: one network call of the job's size each
+    slices = to_slices(torch.zeros(shape, device=device), prior.plane)
     with torch.no_grad():
-        predict(net, part, torch.ones(part.shape[0], device=device))
+        prior.call(slices[:prior.slices_per_call(*slices.shape[1:])], 1.0)
 """,
     "ctp": """
 import torch
