@@ -284,8 +284,13 @@ def main() -> None:
             out = folder / "ctp_out.seq.nrrd"
             cli = ["inpaint", "--sequence", str(src), "--out", str(out), "--interval", "1"]
             module = "meddiffcore.tasks.ctp.run"
-        else:
-            src = make_recon(folder, args.scale, task)
+        else:  # made in a child: the children measured below would start with this process's pages in their peak
+            made_by = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                      f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                                      "from clinical_sizes import make_recon; "
+                                      f"print(make_recon(Path({str(folder)!r}), {args.scale!r}, {task!r}))"],
+                                     env=env, capture_output=True, text=True, check=True)
+            src = Path(made_by.stdout.strip().splitlines()[-1])
             out = folder / f"{task}_out.nii.gz"
             cli = ["recon", task, "--simulate-from", str(src), "--out", str(out), "--mode", "fast"]
             if args.steps:

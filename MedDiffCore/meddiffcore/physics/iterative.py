@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .operator import LinearOperator, conjugate_gradient
+from .operator import LinearOperator, apply_normal, conjugate_gradient
 
 
 def image_gradient(x: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ def tv_least_squares(op: LinearOperator, y: Tensor, x0: Tensor, lam: float, oute
     per_item = getattr(op, "cg_per_item", True)
 
     def normal_op(v: Tensor) -> Tensor:
-        out = op.adjoint(op.forward(v))
+        out = apply_normal(op, v)
         return out.real if out.is_complex() else out
 
     def apply(v: Tensor, w: Tensor) -> Tensor:  # (A^T A + weight D^T W D) v, the volume-sized temporaries in place

@@ -23,6 +23,13 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+def apply_normal(op: LinearOperator, x: Tensor) -> Tensor:
+    """``A^T A x``: the operator's own ``normal`` where it has one (e.g. blocked, without the measurement of the
+    whole volume), else ``adjoint(forward(x))``."""
+    normal = getattr(op, "normal", None)
+    return normal(x) if normal is not None else op.adjoint(op.forward(x))
+
+
 def adjoint_mismatch(op: LinearOperator, x: Tensor, y: Tensor) -> float:
     """``|<A x, y> - <x, A^T y>| / |<A x, y>|`` (the adjoint test), in float64 where possible."""
     lhs = _dot(op.forward(x), y).sum()
@@ -74,7 +81,7 @@ def data_consistency_cg(op: LinearOperator, y: Tensor, x_init: Tensor, iters: in
         return x_init
     b = op.adjoint(y) + gamma * x_init
     def apply(v: Tensor) -> Tensor:  # A^T A v + gamma v with one volume-sized temporary fewer
-        normal, scaled = op.adjoint(op.forward(v)), gamma * v
+        normal, scaled = apply_normal(op, v), gamma * v
         return scaled.add_(normal) if scaled.dtype == torch.promote_types(scaled.dtype, normal.dtype) else normal + scaled
 
     out = conjugate_gradient(apply, b, x_init, iters, per_item=getattr(op, "cg_per_item", True))
