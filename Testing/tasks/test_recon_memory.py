@@ -3,7 +3,11 @@ slices, and splitting the batch of slices does not change the result."""
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from meddiffcore.tasks.recon.model import load_recon_model
 from meddiffcore.tasks.recon.priors import CALL_BYTES, BYTES_PER_PIXEL_PER_CHANNEL, VolumePrior, call_pixels
@@ -103,3 +107,97 @@ def test_projector_matrices_are_built_in_bounded_memory():
     assert exact.nnz == nnz
     assert np.array_equal(exact.indices, mat_t.col_indices().numpy()) and np.array_equal(exact.indptr, mat_t.crow_indices().numpy())
     np.testing.assert_allclose(mat_t.values().numpy(), exact.data, rtol=1e-7, atol=0)
+
+
+class TorchPeak(TorchDispatchMode):
+    """Peak bytes of the CPU tensor storages that torch ops inside the mode allocated and that are still referenced
+    (a byte count of what the code under test keeps alive, not a timing; storages made outside are not counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            del self.refs[key]
+            self.current -= self.size.pop(key)
+
+    @staticmethod
+    def _keys(tree) -> list[tuple[torch.Tensor, int]]:
+        return [(t, t.untyped_storage().data_ptr()) for t in tree_flatten(tree)[0]
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        outside = {key for _, key in self._keys((args, kwargs)) if key not in self.refs}
+        out = func(*args, **(kwargs or {}))
+        for t, key in self._keys(out):
+            if not key or key in outside:  # a view of, or an in-place op on, a storage made before the mode
+                continue
+            storage = t.untyped_storage()
+            if key not in self.refs:
+                self.refs[key], self.size[key] = 0, storage.nbytes()
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            self.refs[key] += 1
+            weakref.finalize(t, self._release, key)
+        return out
+
+
+def _peak_volumes(fn, volume_bytes: int) -> float:
+    with TorchPeak() as mode:
+        fn()
+    return mode.peak / volume_bytes
+
+
+def test_solvers_hold_few_volume_sized_tensors(monkeypatch):
+    """Volume-sized torch tensors alive at once (in units of one float32 volume, 16 x 128^2), before -> now:
+    CT CG data consistency 7.0 -> 6.2, TV baseline 16 -> 11.2, 3 fast steps from the baseline's image 12 -> 9.2;
+    MRI (4-slice FFT blocks) 12 -> 7, 20 -> 12, 17 -> 10; a prior's pass in 8 calls 4.0 -> 2.75."""
+    import meddiffcore.physics.mri as mri
+    from meddiffcore.physics import ParallelBeam, data_consistency_cg, make_mask
+    from meddiffcore.tasks.recon.fast import sample_fast
+    from meddiffcore.tasks.recon.problems import CTProblem, MRIProblem
+
+    monkeypatch.setattr(mri, "BLOCK_ELEMENTS", 4 * 128 * 128)
+    shape = (16, 128, 128)
+    vol = 16 * 128 * 128 * 4
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    limits = {"ct": (6.5, 12.0, 10.0), "mri": (7.5, 12.5, 10.5)}
+    for name, problem in (("ct", CTProblem(ParallelBeam.uniform(128, 16))),
+                          ("mri", MRIProblem(torch.from_numpy(make_mask((128, 128), 4))))):
+        y = problem.forward(x)  # the projector's matrices are built here, outside the count
+        primary, auxiliary = (VolumePrior(RecordingDenoiser(), plane) for plane in ("axial", "coronal"))
+        peaks = (_peak_volumes(lambda: data_consistency_cg(problem, y, x, 5, 1.0), vol),
+                 _peak_volumes(lambda: problem.iterative(y), vol),
+                 _peak_volumes(lambda: sample_fast(primary, auxiliary, problem, y, shape, [0.1, 0.05, 0.02, 0.0],
+                                                   cg_iters=5, gamma=1.0, x_start=x,
+                                                   generator=torch.Generator().manual_seed(0)), vol))
+        assert all(p <= limit for p, limit in zip(peaks, limits[name])), (name, peaks)
+    prior = VolumePrior(RecordingDenoiser(), "axial", chunk=2)
+    assert _peak_volumes(lambda: prior.predict(x, 0.5), vol) <= 3.0  # 4.0 before (parts listed, then joined)
+    assert len(prior.denoiser.calls) == 8
+
+
+def test_blocked_mri_operator_equals_one_call(monkeypatch):
+    """A, A^T, A^T A and the zero-filled magnitude a block of slices at a time give the values of one call."""
+    import meddiffcore.physics.mri as mri
+    from meddiffcore.physics import make_mask
+
+    x = torch.rand(10, 48, 40, generator=torch.Generator().manual_seed(1))
+    for cls in (mri.CartesianMRI, mri.RealCartesianMRI):
+        op = cls(torch.from_numpy(make_mask((48, 40), 4, seed=2)))
+        monkeypatch.setattr(mri, "BLOCK_ELEMENTS", 1 << 30)
+        whole = [op.forward(x)]
+        whole += [op.adjoint(whole[0]), op.magnitude(whole[0])]
+        monkeypatch.setattr(mri, "BLOCK_ELEMENTS", 3 * 48 * 40)  # 4 blocks, the last one short
+        parts = [op.forward(x)]
+        parts += [op.adjoint(parts[0]), op.magnitude(parts[0])]
+        for a, b in zip(whole, parts):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if cls is mri.RealCartesianMRI:
+            assert parts[1].dtype == torch.float32
+            torch.testing.assert_close(op.normal(x), whole[1], rtol=1e-6, atol=1e-6)
