@@ -174,22 +174,18 @@ with torch.no_grad():
 """,
     "recon": """
 import torch
-from meddiffcore.diffusion import predict
 from meddiffcore.domain import header_geometry
 from meddiffcore.tasks.recon.planes import to_slices
-from meddiffcore.tasks.recon.priors import VolumePrior
 from meddiffcore.tasks.recon.run import DEFAULT_MODELS, settings_from
 from meddiffcore.tasks.recon.model import load_recon_model
 device = torch.device("{device}")
 model = load_recon_model(DEFAULT_MODELS["{task}"], device=device)
 shape = tuple(header_geometry("{src}")[0][1][::-1])  # z, y, x
-chunk = settings_from({{}}, model.card.task_config.get("defaults", {{}})).chunk  # the job's slices per network call
-for net, plane in ((model.primary, model.primary_plane), (model.auxiliary, model.auxiliary_plane)):
-    prior = VolumePrior(net, plane, model.size_multiple, chunk)
-    slices = to_slices(torch.zeros(shape, device=device), plane)[:chunk]
-    part, _ = prior._pad(slices[:, None])
+chunk = settings_from({{}}, model.card.task_config.get("defaults", {{}})).chunk  # the job's cap on slices per call
+for prior in model.prior_pair(chunk):  # the job's priors: one network call of the job's size each
+    slices = to_slices(torch.zeros(shape, device=device), prior.plane)
     with torch.no_grad():
-        predict(net, part, torch.ones(part.shape[0], device=device))
+        prior.call(slices[:prior.slices_per_call(*slices.shape[1:])], 1.0)
 """,
     "ctp": """
 import torch
@@ -308,8 +304,13 @@ def main() -> None:
             out = folder / "ctp_out.seq.nrrd"
             cli = ["inpaint", "--sequence", str(src), "--out", str(out), "--interval", "1"]
             module = "meddiffcore.tasks.ctp.run"
-        else:
-            src = make_recon(folder, args.scale, task)
+        else:  # made in a child: the children measured below would start with this process's pages in their peak
+            made_by = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                      f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                                      "from clinical_sizes import make_recon; "
+                                      f"print(make_recon(Path({str(folder)!r}), {args.scale!r}, {task!r}))"],
+                                     env=env, capture_output=True, text=True, check=True)
+            src = Path(made_by.stdout.strip().splitlines()[-1])
             out = folder / f"{task}_out.nii.gz"
             cli = ["recon", task, "--simulate-from", str(src), "--out", str(out), "--mode", "fast"]
             if args.steps:

@@ -30,7 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "imported TPDM model the authors' raw weight (default: theirs for the views, factor or "
                         "acceleration)")
     p.add_argument("--cg-iters", type=int, default=None, help="CG data-consistency iterations per step (fast mode, default 5)")
-    p.add_argument("--chunk", type=int, default=None, help="slices per network call (memory)")
+    p.add_argument("--chunk", type=int, default=None, help="at most this many slices per network call (default: as many as fit "
+                   "about 1 GiB of network memory per call: 4 slices of 512x512 for the bundled priors)")
     add_job_options(p)
 
 

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .operator import LinearOperator, conjugate_gradient
+from .operator import LinearOperator, apply_normal, conjugate_gradient
 
 
 def image_gradient(x: Tensor) -> Tensor:
-    """Forward differences over the last two axes (zero across the far border): (..., 2, H, W)."""
-    gy = torch.zeros_like(x)
-    gx = torch.zeros_like(x)
-    gy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
-    gx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
-    return torch.stack((gy, gx), dim=-3)
+    """Forward differences over the last two axes (zero across the far border): (..., 2, H, W), written straight
+    into the result (no per-axis copies)."""
+    g = x.new_zeros(x.shape[:-2] + (2,) + x.shape[-2:])
+    torch.sub(x[..., 1:, :], x[..., :-1, :], out=g[..., 0, :-1, :])
+    torch.sub(x[..., :, 1:], x[..., :, :-1], out=g[..., 1, :, :-1])
+    return g
 
 
 def image_gradient_adjoint(g: Tensor) -> Tensor:
@@ -76,8 +76,14 @@ def tv_least_squares(op: LinearOperator, y: Tensor, x0: Tensor, lam: float, oute
     per_item = getattr(op, "cg_per_item", True)
 
     def normal_op(v: Tensor) -> Tensor:
-        out = op.adjoint(op.forward(v))
+        out = apply_normal(op, v)
         return out.real if out.is_complex() else out
+
+    def apply(v: Tensor, w: Tensor) -> Tensor:  # (A^T A + weight D^T W D) v, the volume-sized temporaries in place
+        g = image_gradient(v).mul_(w)
+        out = image_gradient_adjoint(g).mul_(weight)
+        del g
+        return out.add_(normal_op(v))
 
     big = normal if normal is not None else normal_norm(op, tuple(x0.shape), x0.device, x0.dtype)
     weight = lam * big
@@ -85,12 +91,11 @@ def tv_least_squares(op: LinearOperator, y: Tensor, x0: Tensor, lam: float, oute
     b = (b.real if b.is_complex() else b).to(x0.dtype)
     x = x0.clone()
     for _ in range(max(outer, 1)):
-        g = image_gradient(x)
-        w = 1.0 / torch.sqrt((g * g).sum(-3, keepdim=True) + eps * eps)
-        x = conjugate_gradient(lambda v: normal_op(v) + weight * image_gradient_adjoint(w * image_gradient(v)),
-                               b, x, inner, per_item=per_item)
+        w = image_gradient(x).square_().sum(-3, keepdim=True).add_(eps * eps).sqrt_().reciprocal_()
+        x = conjugate_gradient(lambda v: apply(v, w), b, x, inner, per_item=per_item)
+        del w
         if nonnegative:
-            x = x.clamp(min=0)
+            x = x.clamp_(min=0)  # CG's own result
     return x
 
 

@@ -146,26 +146,69 @@ def make_mask(shape: tuple[int, int], acceleration: float, kind: str = "uniform"
     return best[1]
 
 
+BLOCK_ELEMENTS = 1 << 22
+"""Images are transformed a block of slices at a time, about this many pixels per block (32 MiB of complex64): the
+volume-sized complex temporaries of the centred FFT (shifted copies, spectra) stay one block's."""
+
+
+def _blocks(x: Tensor):
+    """(flat (N, H, W) view or copy of ``x``, slice ranges of at most :data:`BLOCK_ELEMENTS` pixels)."""
+    flat = x.reshape((-1,) + tuple(x.shape[-2:]))
+    step = max(1, BLOCK_ELEMENTS // max(1, flat.shape[-2] * flat.shape[-1]))
+    return flat, [slice(i, i + step) for i in range(0, flat.shape[0], step)]
+
+
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype.is_complex else torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
 @dataclass
 class CartesianMRI:
-    """``A x = mask * fft2c(x)`` on (B, H, W) images (real or complex); ``A^T k = ifft2c(mask * k)``."""
+    """``A x = mask * fft2c(x)`` on (B, H, W) images (real or complex); ``A^T k = ifft2c(mask * k)``.
+
+    Both run a block of slices at a time into their result (per-slice transforms: the same values as one call)."""
 
     mask: Tensor
 
+    def _forward_block(self, x: Tensor) -> Tensor:
+        return fft2c(x.to(_complex_of(x.dtype))) * self.mask.to(x.device)
+
+    def _adjoint_block(self, y: Tensor) -> Tensor:
+        return ifft2c(y * self.mask.to(y.device))
+
+    def _blocked(self, fn, x: Tensor, dtype: torch.dtype) -> Tensor:
+        flat, blocks = _blocks(x)
+        if len(blocks) == 1:
+            return fn(x)
+        out = torch.empty(flat.shape, dtype=dtype, device=x.device)
+        for b in blocks:
+            out[b] = fn(flat[b])
+        return out.reshape(x.shape)
+
     def forward(self, x: Tensor) -> Tensor:
-        if not x.is_complex():
-            x = x.to(torch.complex64 if x.dtype != torch.float64 else torch.complex128)
-        return fft2c(x) * self.mask.to(x.device)
+        return self._blocked(self._forward_block, x, _complex_of(x.dtype))
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return ifft2c(y * self.mask.to(y.device))
+        return self._blocked(self._adjoint_block, y, _complex_of(y.dtype))
 
     def zero_filled(self, y: Tensor) -> Tensor:
         return self.adjoint(y)
+
+    def magnitude(self, y: Tensor) -> Tensor:
+        """``|ifft2c(mask * y)|``, the zero-filled magnitude image, a block at a time."""
+        return self._blocked(lambda b: CartesianMRI._adjoint_block(self, b).abs(), y, y.real.dtype)
 
 
 class RealCartesianMRI(CartesianMRI):
     """The same on real images, with the real part of the adjoint (the real-space normal operator)."""
 
-    def adjoint(self, y: Tensor) -> Tensor:
+    def _adjoint_block(self, y: Tensor) -> Tensor:
         return ifft2c(y * self.mask.to(y.device)).real
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return self._blocked(self._adjoint_block, y, y.real.dtype)
+
+    def normal(self, x: Tensor) -> Tensor:
+        """``A^T A x`` (the same values as ``adjoint(forward(x))``) a block at a time: no k-space of the volume."""
+        real = x.real.dtype if x.is_complex() else x.dtype
+        return self._blocked(lambda b: self._adjoint_block(self._forward_block(b)), x, real)

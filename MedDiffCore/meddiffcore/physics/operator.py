@@ -23,6 +23,13 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+def apply_normal(op: LinearOperator, x: Tensor) -> Tensor:
+    """``A^T A x``: the operator's own ``normal`` where it has one (e.g. blocked, without the measurement of the
+    whole volume), else ``adjoint(forward(x))``."""
+    normal = getattr(op, "normal", None)
+    return normal(x) if normal is not None else op.adjoint(op.forward(x))
+
+
 def adjoint_mismatch(op: LinearOperator, x: Tensor, y: Tensor) -> float:
     """``|<A x, y> - <x, A^T y>| / |<A x, y>|`` (the adjoint test), in float64 where possible."""
     lhs = _dot(op.forward(x), y).sum()
@@ -42,24 +49,25 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor,
     if not per_item:
         return conjugate_gradient(lambda v: apply(v[0])[None], b[None], x0[None], iters, tol, True)[0]
     tiny = torch.finfo(b.real.dtype if b.is_complex() else b.dtype).tiny
-    x = x0.clone()
-    r = b - apply(x)
+    r = b - apply(x0)
+    x = x0.to(torch.promote_types(x0.dtype, r.dtype), copy=True)  # complex if r is, as x + alpha p made it
     p = r.clone()
     rs = _dot(r, r)
     rs0 = _dot(b, b).clamp(min=tiny)
     shape = (-1,) + (1,) * (b.ndim - 1)
-    for _ in range(iters):
+    for _ in range(iters):  # x, r, p are this function's own: updated in place (apply's result is not)
         mp = apply(p)
         pmp = _dot(p, mp)
         alpha = torch.where(pmp > 0, rs / pmp.clamp(min=tiny), torch.zeros_like(rs))
-        x = x + alpha.view(shape) * p
-        r = r - alpha.view(shape) * mp
+        x.add_(alpha.view(shape) * p)
+        r.sub_(alpha.view(shape) * mp)
+        del mp
         rs_new = _dot(r, r)
         done = rs_new <= max(tol * tol, 1e-14) * rs0
         if bool(done.all()):
             break
         beta = torch.where(done | (rs <= 0), torch.zeros_like(rs), rs_new / rs.clamp(min=tiny))
-        p = torch.where(done.view(shape), torch.zeros_like(p), r + beta.view(shape) * p)
+        p.mul_(beta.view(shape)).add_(r).masked_fill_(done.view(shape), 0)
         rs = rs_new
     return x
 
@@ -72,6 +80,9 @@ def data_consistency_cg(op: LinearOperator, y: Tensor, x_init: Tensor, iters: in
     if iters <= 0:
         return x_init
     b = op.adjoint(y) + gamma * x_init
-    out = conjugate_gradient(lambda v: op.adjoint(op.forward(v)) + gamma * v, b, x_init, iters,
-                             per_item=getattr(op, "cg_per_item", True))
+    def apply(v: Tensor) -> Tensor:  # A^T A v + gamma v with one volume-sized temporary fewer
+        normal, scaled = apply_normal(op, v), gamma * v
+        return scaled.add_(normal) if scaled.dtype == torch.promote_types(scaled.dtype, normal.dtype) else normal + scaled
+
+    out = conjugate_gradient(apply, b, x_init, iters, per_item=getattr(op, "cg_per_item", True))
     return out.real if not x_init.is_complex() and out.is_complex() else out

@@ -31,39 +31,69 @@ def detector_count(n: int, circle: bool) -> int:
     return n if circle else int(math.ceil(math.sqrt(2) * n))
 
 
-def _system_matrix_t(n: int, angles_deg: np.ndarray, det: int, supersample: int = 2):
-    """The transposed projection matrix (n * n, n_angles * det) as scipy CSR.
+SYSTEM_BLOCK_ENTRIES = 1 << 20
+"""(pixel, angle, slot) weights computed at once while the system matrix is built: 8 MiB of float64."""
+
+
+def _system_matrix_t(n: int, angles_deg: np.ndarray, det: int, supersample: int = 2, dtype=np.float64,
+                     block_entries: int = SYSTEM_BLOCK_ENTRIES):
+    """The transposed projection matrix (n * n, n_angles * det) as scipy CSR with values of ``dtype``.
 
     Each pixel is split into ``supersample^2`` sub-pixels, each spread onto the
     detector with linear-interpolation (hat) weights: a cheap approximation of the
     pixel's footprint that avoids the aliasing of a plain pixel-driven projector.
     A pixel touches at most 4 consecutive bins per angle, so the weights are built
-    densely as (pixels, angles, 4) and never need de-duplication.
+    densely as (pixels, angles, 4) and never need de-duplication, one block of pixels at a
+    time (``block_entries`` weights, in float64) straight into the CSR arrays: the build needs
+    the matrix itself (values in ``dtype``, int32 indices where they fit) plus a few blocks.
     """
     import scipy.sparse as sp
 
-    c = n // 2
-    idx = np.arange(n, dtype=np.float64) - c
-    yy, xx = np.meshgrid(idx, idx, indexing="ij")  # row = y, col = x
     theta = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    n_angles = len(theta)
     ct, st = np.cos(theta), np.sin(theta)
-    # scikit-image rotates the image, then sums rows: at 0 deg the detector runs along the columns.
-    base = xx.reshape(-1, 1) * ct - yy.reshape(-1, 1) * st + det // 2  # (P, A)
-    b0 = np.floor(base) - 1
-    weights = np.zeros(base.shape + (4,), dtype=np.float64)
+    c = n // 2
+    index = np.int32 if max(n_angles * det, n * n * n_angles * 4) < 2**31 else np.int64
     subs = (np.arange(supersample) + 0.5) / supersample - 0.5
-    for dy in subs:
-        for dx in subs:
-            u = base + dx * ct - dy * st - b0  # in [0.6, 2.4): position relative to slot 0
-            for slot in range(4):
-                weights[..., slot] += np.clip(1.0 - np.abs(u - slot), 0.0, None)
-    weights /= supersample**2
-    bins = b0[..., None] + np.arange(4)
-    ok = (weights > 0) & (bins >= 0) & (bins < det)
-    cols = (np.arange(len(theta)).reshape(1, -1, 1) * det + bins).astype(np.int64)
-    counts = ok.reshape(n * n, -1).sum(1)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return sp.csr_matrix((weights[ok], cols[ok], indptr), shape=(n * n, len(theta) * det))
+    slot_cols = (np.arange(n_angles).reshape(1, -1, 1) * det + np.arange(4)).astype(np.int64)  # (1, A, 4)
+    rows = max(1, block_entries // (4 * n_angles))
+    datas, cols, counts = [], [], np.empty(n * n, np.int64)
+    for p0 in range(0, n * n, rows):
+        p = np.arange(p0, min(p0 + rows, n * n))
+        yy, xx = (p // n - c).astype(np.float64), (p % n - c).astype(np.float64)  # row = y, col = x
+        # scikit-image rotates the image, then sums rows: at 0 deg the detector runs along the columns.
+        base = xx[:, None] * ct - yy[:, None] * st + det // 2  # (B, A)
+        b0 = np.floor(base) - 1
+        weights = np.zeros(base.shape + (4,), dtype=np.float64)
+        for dy in subs:
+            for dx in subs:
+                u = base + dx * ct - dy * st - b0  # in [0.6, 2.4): position relative to slot 0
+                for slot in range(4):
+                    weights[..., slot] += np.clip(1.0 - np.abs(u - slot), 0.0, None)
+        weights /= supersample**2
+        bins = b0.astype(np.int64)[..., None] + np.arange(4)
+        ok = (weights > 0) & (bins >= 0) & (bins < det)
+        datas.append(weights[ok].astype(dtype))
+        cols.append((slot_cols + b0.astype(np.int64)[..., None])[ok].astype(index))
+        counts[p0:p0 + len(p)] = ok.reshape(len(p), -1).sum(1)
+        del base, b0, weights, bins, ok
+    indptr = np.zeros(n * n + 1, index)
+    np.cumsum(counts, out=indptr[1:])
+    data = np.concatenate(datas)
+    datas.clear()
+    indices = np.concatenate(cols)
+    cols.clear()
+    return sp.csr_matrix((data, indices, indptr), shape=(n * n, n_angles * det), copy=False)
+
+
+def _to_torch(m, dtype: torch.dtype, device) -> Tensor:
+    """scipy CSR -> torch CSR on ``device`` (the arrays shared where dtypes and device allow)."""
+    index = torch.int32 if m.indices.dtype == np.int32 and m.indptr.dtype == np.int32 else torch.int64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr).to(index), torch.from_numpy(m.indices).to(index),
+                                       torch.from_numpy(m.data).to(dtype), m.shape,
+                                       check_invariants=False).to(device)
 
 
 class _Project(torch.autograd.Function):
@@ -109,19 +139,15 @@ class ParallelBeam:
         return len(self.angles_deg)
 
     def _matrices(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(A, A^T) as torch CSR for ``device`` and ``dtype``: built once in ``dtype`` (float64 only for float64
+        callers), int32 indices where they fit; on the CPU the tensors share the scipy arrays (no copies)."""
         key = (str(device), dtype)
         if key not in self._mats:
-            csr_t = _system_matrix_t(self.size, np.asarray(self.angles_deg), self.detectors)
-            csr = csr_t.T.tocsr()
-
-            def to_torch(m):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                                   torch.from_numpy(m.indices.astype(np.int64)),
-                                                   torch.from_numpy(m.data).to(dtype), m.shape).to(device)
-
-            self._mats[key] = (to_torch(csr), to_torch(csr_t))
+            np_dtype = np.float64 if dtype == torch.float64 else np.float32
+            csr_t = _system_matrix_t(self.size, np.asarray(self.angles_deg), self.detectors, dtype=np_dtype)
+            mat_t = _to_torch(csr_t, dtype, device)
+            mat = _to_torch(csr_t.T.tocsr(), dtype, device)  # the sinogram-side rows: a second matrix, for speed
+            self._mats[key] = (mat, mat_t)
         return self._mats[key]
 
     def forward(self, x: Tensor) -> Tensor:

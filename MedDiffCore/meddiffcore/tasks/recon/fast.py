@@ -33,9 +33,9 @@ def sample_fast(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
     start = time.perf_counter()
     device = y.device
     gen = generator
-    x = sigmas[0] * torch.randn(shape, generator=gen, device=device)
+    x = torch.randn(shape, generator=gen, device=device).mul_(sigmas[0])
     if x_start is not None:
-        x = x + x_start.to(device).reshape(shape)
+        x.add_(x_start.to(device).reshape(shape))
     primary.evaluations = auxiliary.evaluations = 0
     total = len(sigmas) - 1
     choice_rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device)))
@@ -51,6 +51,10 @@ def sample_fast(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
             x = x0
             break
         c2 = eta * eta * ancestral_variances(s, sn)[0]
-        x = x0 + math.sqrt(max(sn * sn - c2, 0.0)) * eps + math.sqrt(c2) * torch.randn(x.shape, generator=gen, device=device)
+        # x0 + a eps + c z in place: x0 and eps are this step's own (the prior's and CG's results, or x0_hat itself)
+        del x, x0_hat
+        x = x0.add_(eps.mul_(math.sqrt(max(sn * sn - c2, 0.0))))
+        del x0, eps
+        x.add_(torch.randn(x.shape, generator=gen, device=device).mul_(math.sqrt(c2)))
     return SamplerResult(x=x.detach(), nfe=primary.evaluations + auxiliary.evaluations, grad_evaluations=0,
                          seconds=time.perf_counter() - start)

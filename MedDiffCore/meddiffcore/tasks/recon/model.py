@@ -118,6 +118,20 @@ class ReconModel:
         multiple = network_config(self.card.network).size_multiple
         return max(multiple) if isinstance(multiple, tuple) else multiple
 
+    @property
+    def call_pixels(self) -> int:
+        """Padded pixels per network call for these priors' width (:func:`~.priors.call_pixels`)."""
+        from .priors import call_pixels
+
+        return call_pixels(network_config(self.card.network))
+
+    def prior_pair(self, chunk: int | None = None):
+        """(primary, auxiliary) :class:`~.priors.VolumePrior` for a job, ``chunk``: its cap on slices per call."""
+        from .priors import VolumePrior
+
+        return (VolumePrior(self.primary, self.primary_plane, self.size_multiple, chunk, self.call_pixels),
+                VolumePrior(self.auxiliary, self.auxiliary_plane, self.size_multiple, chunk, self.call_pixels))
+
     def sigma_range(self) -> tuple[float, float]:
         s = self.schedule
         return float(s.train_sigmas[0]), float(s.train_sigmas[-1])

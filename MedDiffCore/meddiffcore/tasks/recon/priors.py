@@ -1,15 +1,19 @@
 """A 2D prior applied to a 3D volume: the volume's slices along a plane are a batch of 2D images.
 
 The primary prior sees axial slices (batch = number of z slices) and the auxiliary
-coronal slices (batch = number of y rows) of the same volume, by default; the
-batch is chunked to fit memory, and each slice is padded to the network's size
-multiple (reflection) and cropped back.
+coronal slices (batch = number of y rows) of the same volume, by default. The batch
+goes through the network in calls of at most ``pixels`` padded pixels (and at most
+``chunk`` slices where a job caps it), so a call's activations stay within about
+:data:`CALL_BYTES` whatever the slice size: 4 slices of 512^2 per call for the bundled
+priors, 64 of 64^2. Each slice is padded to the network's size multiple (replication)
+and cropped back; the network treats every slice on its own, so the results do not
+depend on how the batch is split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,16 +23,51 @@ from ...diffusion import predict
 from .planes import from_slices, to_slices
 
 
+CALL_BYTES = 1 << 30
+"""The activation memory one network call may take (CPU inference, no gradient): 1 GiB."""
+
+BYTES_PER_PIXEL_PER_CHANNEL = 52.0
+"""Inference memory per pixel of one 2D slice, per channel of the network's first level: measured 776-853 bytes
+per pixel (peak RSS over the process's before the call, 4-16 slices of 512^2, float32) for the bundled 16-channel
+UNet priors, i.e. 49-53 per channel; 52 keeps a 4-slice 512^2 call at ~0.85 GB."""
+
+
+def call_pixels(network: Any = None, budget: int = CALL_BYTES) -> int:
+    """Padded pixels per network call so that one call needs about ``budget`` bytes, for a prior of the
+    architecture ``network`` (a UNet or NCSN++ config: its first level's width; unknown: 16 channels)."""
+    width = 16
+    if network is not None:
+        mult = getattr(network, "channel_mult", None) or (1,)
+        width = int(getattr(network, "base_channels", 16)) * int(mult[0])
+    return max(1, int(budget // (BYTES_PER_PIXEL_PER_CHANNEL * max(width, 1))))
+
+
+DEFAULT_PIXELS = call_pixels()
+
+
 @dataclass
 class VolumePrior:
-    """``denoiser``: a sigma-space 2D denoiser; ``plane``: which slices it was trained on."""
+    """``denoiser``: a sigma-space 2D denoiser; ``plane``: which slices it was trained on; ``chunk``: at most this
+    many slices per network call (None: no cap beyond ``pixels``); ``pixels``: at most this many padded pixels per
+    call (at least one slice per call)."""
 
     denoiser: Callable
     plane: str
     size_multiple: int = 1
-    chunk: int = 64
+    chunk: int | None = None
+    pixels: int = DEFAULT_PIXELS
     evaluations: int = field(default=0)
     """Volume passes so far (one pass = every slice once)."""
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        m = self.size_multiple
+        return h + (-h) % m, w + (-w) % m
+
+    def slices_per_call(self, h: int, w: int) -> int:
+        """How many (h, w) slices one network call takes."""
+        ph, pw = self.padded_size(h, w)
+        n = max(1, self.pixels // (ph * pw))
+        return min(n, self.chunk) if self.chunk else n
 
     def _pad(self, s: Tensor) -> tuple[Tensor, tuple[int, int]]:
         h, w = s.shape[-2:]
@@ -38,20 +77,34 @@ class VolumePrior:
             s = F.pad(s, (0, pw, 0, ph), mode="replicate")
         return s, (h, w)
 
+    def call(self, slices: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        """ONE network call on (n, H, W) slices -> (x0_hat, eps_hat) slices (under the caller's grad mode)."""
+        part, (h, w) = self._pad(slices[:, None])
+        sig = torch.full((part.shape[0],), float(sigma), device=slices.device, dtype=slices.dtype)
+        out = predict(self.denoiser, part, sig)
+        return out.x0[:, 0, :h, :w], out.eps[:, 0, :h, :w]
+
     def predict(self, x: Tensor, sigma: float, with_grad: bool = False) -> tuple[Tensor, Tensor]:
-        """(Z, Y, X) volume at noise ``sigma`` -> (x0_hat, eps_hat) volumes."""
+        """(Z, Y, X) volume at noise ``sigma`` -> (x0_hat, eps_hat) volumes, in calls of
+        :meth:`slices_per_call` slices written straight into the two result volumes (no copy of a list of parts)."""
         self.evaluations += 1
         slices = to_slices(x, self.plane)
-        x0s, epss = [], []
-        for start in range(0, slices.shape[0], self.chunk):
-            part, (h, w) = self._pad(slices[start:start + self.chunk][:, None])
-            sig = torch.full((part.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
-            ctx = torch.enable_grad() if with_grad else torch.no_grad()
+        n, h, w = slices.shape
+        step = self.slices_per_call(h, w)
+        ctx = torch.enable_grad() if with_grad else torch.no_grad()
+        if step >= n:  # one call: its results are the volumes
             with ctx:
-                out = predict(self.denoiser, part, sig)
-            x0s.append(out.x0[:, 0, :h, :w])
-            epss.append(out.eps[:, 0, :h, :w])
-        return from_slices(torch.cat(x0s), self.plane), from_slices(torch.cat(epss), self.plane)
+                x0s, epss = self.call(slices, sigma)
+            return from_slices(x0s, self.plane), from_slices(epss, self.plane)
+        with ctx:
+            x0 = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+            eps = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+            x0s, epss = to_slices(x0, self.plane), to_slices(eps, self.plane)
+            for start in range(0, n, step):
+                part_x0, part_eps = self.call(slices[start:start + step], sigma)
+                x0s[start:start + step] = part_x0
+                epss[start:start + step] = part_eps
+        return x0, eps
 
 
 def choose_prior(i: int, K: float, rng: torch.Generator | None) -> str:

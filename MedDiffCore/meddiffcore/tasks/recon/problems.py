@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ...physics import ParallelBeam, SliceAverage, iterative_baseline
 from ...physics.iterative import normal_norm
-from ...physics.mri import RealCartesianMRI, ifft2c
+from ...physics.mri import RealCartesianMRI
 
 
 @dataclass
@@ -50,9 +50,12 @@ class MRIProblem:
     def adjoint(self, y: Tensor) -> Tensor:
         return self.op.adjoint(y)
 
+    def normal(self, x: Tensor) -> Tensor:
+        return self.op.normal(x)
+
     def baseline(self, y: Tensor) -> Tensor:
         """Zero-filled magnitude."""
-        return ifft2c(y * self.mask.to(y.device)).abs()
+        return self.op.magnitude(y)
 
     def iterative(self, y: Tensor, start: Tensor | None = None, outer: int | None = None) -> Tensor:
         """Compressed sensing: TV-regularised least squares (``physics.ITERATIVE["mri"]``) from ``start`` (default:

@@ -44,7 +44,8 @@ class Settings:
     cg_iters: int
     gamma: float
     eta: float
-    chunk: int
+    chunk: int | None
+    """At most this many slices per network call (None: as many as :data:`~.priors.CALL_BYTES` allows)."""
     batch: int = 6
     start: str = "noise"
     """Fast mode: ``"noise"`` (from pure noise at the prior's largest sigma) or ``"iterative"`` (from the iterative
@@ -106,7 +107,7 @@ def settings_from(params: dict, card_defaults: dict, lookup: tuple[str, Any] | N
         cg_iters=_number(params, "cg_iters", d.get("cg_iters", 5), int, 0, 1000),
         gamma=_number(params, "gamma", d.get("gamma", 0.0), float, 0.0, 1e6),
         eta=_number(params, "eta", d.get("eta", 0.85), float, 0.0, 1.0),
-        chunk=_number(params, "chunk", 64, int, 1, 100000),
+        chunk=_number(params, "chunk", 64, int, 1, 100000) if params.get("chunk") is not None else None,
         batch=_number(params, "batch", d.get("batch", 6), int, 1, 100000),
         start=start,
         start_sigma=_number(params, "start_sigma", d.get("start_sigma", 0.1), float, 1e-6, 1e6),
@@ -225,12 +226,10 @@ def _generator(job: Job, device) -> torch.Generator:
 def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Settings, job: Job, reporter: Reporter,
            device) -> tuple[torch.Tensor, dict[str, Any]]:
     from .fast import sample_fast
-    from .priors import VolumePrior
     from .problems import operator_norm
     from .tpdm import geometric_sigmas, sample_tpdm, sample_tpdm_authors
 
-    primary = VolumePrior(model.primary, model.primary_plane, model.size_multiple, s.chunk)
-    auxiliary = VolumePrior(model.auxiliary, model.auxiliary_plane, model.size_multiple, s.chunk)
+    primary, auxiliary = model.prior_pair(s.chunk)
     sig_min, sig_max = model.sigma_range()
     gen = _generator(job, device)
     callback = reporter.step_callback("reconstruction")
