@@ -62,6 +62,7 @@ class SynthesisRecord:
 
 
 def _sample(denoiser, shape, segmap: torch.Tensor, settings: SynthesisSettings, schedule, generator, device, callback):
+    """``schedule``: anything with ``sampling_sigmas(steps)`` (a noise schedule, or a CTCAModel: its card's start)."""
     sigmas = schedule.sampling_sigmas(settings.steps).to(device)
     x = initial_noise(shape, sigmas, generator, device=device)
     return get_sampler(settings.sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond={"segmap": segmap})
@@ -127,14 +128,14 @@ def high_resolution(model: CTCAModel, labels: Volume, lr_ijk_to_ras: np.ndarray,
     patch = tuple(patch or auto_patch)
     overlap = tuple(max(1, int(round(p * settings.overlap_fraction))) for p in patch)
     patched = PatchedDenoiser(model.denoiser(settings.guidance), patch, overlap, max_batch or auto_batch)
-    x = _sample(patched, (1, 1) + shape, segmap, settings, model.schedule, generator, device, callback)
+    x = _sample(patched, (1, 1) + shape, segmap, settings, model, generator, device, callback)
     if record is not None:
         record.network_evaluations += network_evaluations(settings.sampler, settings.steps)
         record.stages.append({"stage": "patch", "model": model.card.name, "grid": list(shape),
                               "spacing_mm": model.spacing_mm, "patch": list(patch), "overlap": list(overlap),
                               "patches": len(patched.regions(shape)), "network_calls": patched.calls,
                               "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance})
-    return ijk_to_ras, x[0, 0].float().cpu().numpy()
+    return ijk_to_ras, model.to_image(x[0, 0].float().cpu().numpy(), reference)
 
 
 def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *, hr_model: CTCAModel | None = None,
