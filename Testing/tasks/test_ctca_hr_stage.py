@@ -21,9 +21,9 @@ from meddiffcore.tasks.ctca.config import CTCAConfig, DataConfig, DiffusionConfi
 from meddiffcore.tasks.ctca.data import CTCADataset, low_resolution_reference
 from meddiffcore.tasks.ctca.evaluate import evaluate_high_resolution, seam_ratio
 from meddiffcore.tasks.ctca.grid import resample, synthesis_grid
-from meddiffcore.tasks.ctca.model import build_network, condition, load_ctca_model, model_card
+from meddiffcore.tasks.ctca.model import PatchCondition, build_network, condition, load_ctca_model, model_card
 from meddiffcore.tasks.ctca.phantom import make_phantom
-from meddiffcore.tasks.ctca.synthesis import SynthesisSettings, high_resolution, low_resolution
+from meddiffcore.tasks.ctca.synthesis import SynthesisRecord, SynthesisSettings, high_resolution, low_resolution
 
 def _settings_event(stdout: str) -> dict:
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
@@ -223,3 +223,44 @@ def test_the_residual_target_is_refused_without_a_reference():
         CTCAConfig(stage="lr", diffusion=DiffusionConfig(target="residual"))
     with pytest.raises(ConfigError, match="unknown diffusion target"):
         DiffusionConfig(target="difference")
+
+
+def test_the_hr_condition_cut_per_patch_equals_the_whole_grids_map_cut():
+    labels = make_phantom(7, (20, 24, 28), 3.0, with_ct=False).labels.array
+    reference = np.random.default_rng(0).uniform(-1, 1, labels.shape).astype(np.float32)
+    lazy = PatchCondition(labels, reference)
+    whole = condition(labels, "patch", reference)[None]
+    assert lazy.shape == tuple(whole.shape) and lazy.ndim == whole.ndim
+    for region in ((slice(0, 8), slice(4, 20), slice(10, 28)), (slice(12, 20), slice(0, 24), slice(0, 1))):
+        assert torch.equal(lazy[(slice(None), slice(None)) + region], whole[(slice(None), slice(None)) + region])
+    with pytest.raises(IndexError):
+        lazy[0]
+
+
+def test_the_hr_stage_never_builds_its_condition_over_the_whole_grid():
+    """The largest tensor torch makes while the patch stage samples a 64^3 fine grid (16^3 patches) is no more than
+    twice the grid's voxels (the sample and the blending sums); the whole-grid map was 13 channels of it.
+    (Counted with a torch dispatch mode: torch's CPU allocator is not seen by tracemalloc.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    sizes = []
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes.extend(t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+            return out
+
+    hr, lr_model = load_ctca_model("ctca-tiny-hr2"), load_ctca_model("ctca-tiny-lr3")
+    ph = make_phantom(7, (64, 64, 64), 3.0, with_ct=False)
+    with torch.no_grad():
+        lr_grid, lr = low_resolution(lr_model, ph.labels, SynthesisSettings.of_model(lr_model, steps=1),
+                                     torch.Generator().manual_seed(0), "cpu")
+        record = SynthesisRecord()
+        with Largest():
+            grid, x = high_resolution(hr, ph.labels, lr_grid, lr, SynthesisSettings.of_model(hr, steps=1),
+                                      torch.Generator().manual_seed(1), "cpu", record=record)
+    voxels = int(np.prod(x.shape))
+    assert x.shape == (64, 64, 64) and record.stages[-1]["patches"] > 8
+    assert max(sizes) <= 2 * voxels, (max(sizes), voxels)

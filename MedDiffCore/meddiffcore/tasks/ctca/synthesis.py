@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...io import Volume
 from .config import hu_to_model, model_to_hu
 from .grid import resample, resample_labels, synthesis_grid
-from .model import CTCAModel, condition
+from .model import CTCAModel, PatchCondition, condition
 from .patches import PatchedDenoiser, choose_patching
 
 
@@ -117,11 +117,12 @@ def high_resolution(model: CTCAModel, labels: Volume, lr_ijk_to_ras: np.ndarray,
                     record: SynthesisRecord | None = None, patch=None, max_batch: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Sample the patch stage on a fine grid covering ``labels``, conditioned on the LR result resampled onto
-    that grid (voxel-aligned) and on position channels; all patches are denoised together and blended."""
+    that grid (voxel-aligned) and on position channels; all patches are denoised together and blended. The
+    condition is built for each patch batch (:class:`.model.PatchCondition`), never for the whole grid."""
     ijk_to_ras, shape = synthesis_grid(labels, model.spacing_mm, model.net.config.size_multiple)
     lab = resample_labels(labels.array, labels.ijk_to_ras, ijk_to_ras, shape)
     reference = resample(lr, lr_ijk_to_ras, ijk_to_ras, shape, order=1, mode="nearest")
-    segmap = condition(lab, "patch", reference)[None].to(device)
+    segmap = PatchCondition(lab, reference, device)  # built patch by patch: never the whole 13-channel map
     trained = tuple(model.card.task_config.get("crop") or model.shape)
     auto_patch, auto_batch = choose_patching(shape, trained, model.net.config.size_multiple, device,
                                              activation_bytes_per_voxel(model, settings.guidance))
