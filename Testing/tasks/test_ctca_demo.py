@@ -124,8 +124,9 @@ def test_bundled_hr_model_refines_a_small_label_map_end_to_end(monkeypatch, tmp_
         events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         warned = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"
                   and "below its baseline" in e["message"]]
-        # the card says the demo patch stage loses to the LR result alone: said whenever it runs, never otherwise
-        assert len(warned) == (0 if name == "lr" else 1) and all("ctca-hr-demo" in w for w in warned), warned
+        # the retrained patch stage beats the LR result alone on its card's figures: no below-baseline warning
+        # (the warning itself: test_ctca_hr_stage.py::test_a_patch_model_below_its_baseline_is_warned_whenever_it_runs)
+        assert warned == [], warned
     (line,) = [e["message"] for e in events if e["event"] == "log" and e["message"].startswith("settings: ")]
     settings = json.loads(line[len("settings: "):])
     lr_stage, hr_stage = settings["stages"]

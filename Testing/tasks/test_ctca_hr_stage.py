@@ -35,6 +35,11 @@ def _save(folder: Path, name: str, stage: str, steps: int, guidance: float, **kw
     """A random-weight tiny model whose card asks for ``steps`` and ``guidance`` by default."""
     config = tiny_config(name, stage, **kwargs)
     config.diffusion.sampler, config.diffusion.steps, config.diffusion.guidance = "ancestral", steps, guidance
+    return _save_config(folder, config)
+
+
+def _save_config(folder: Path, config) -> Path:
+    """``config``'s network with random weights (the zero-initialised layers too), saved as a model."""
     torch.manual_seed(0)
     net = build_network(config)
     with torch.no_grad():
@@ -190,14 +195,7 @@ def test_a_residual_patch_model_trains_on_ct_minus_reference_and_samples_referen
     np.testing.assert_allclose(item["x"][0].numpy(), 8.0 * (hu_to_model(ct[region]) - reference[region]), atol=1e-6)
     assert torch.equal(item["segmap"][9], torch.as_tensor(reference[region]))
 
-    torch.manual_seed(0)
-    net = build_network(config)
-    with torch.no_grad():
-        for p in net.parameters():
-            if not p.any():
-                p.normal_(0, 0.05)
-    card_path = save_model(tmp_path, model_card(config), net.state_dict()).card_path
-    hr = load_ctca_model(str(card_path))
+    hr = load_ctca_model(str(_save_config(tmp_path, config)))
     assert hr.residual_scale == 8.0 and hr.card.diffusion["target"] == "residual" and hr.start_sigma == 1.5
     lr_model = load_ctca_model("ctca-tiny-lr3")
     ph = make_phantom(7, (20, 20, 20), 3.0, with_ct=False)
@@ -264,3 +262,22 @@ def test_the_hr_stage_never_builds_its_condition_over_the_whole_grid():
     voxels = int(np.prod(x.shape))
     assert x.shape == (64, 64, 64) and record.stages[-1]["patches"] > 8
     assert max(sizes) <= 2 * voxels, (max(sizes), voxels)
+
+
+def test_a_patch_model_below_its_baseline_is_warned_whenever_it_runs(home, tmp_path, capsys):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(home / "models" / f"ctca-tiny-hr2{suffix}", folder / f"ctca-tiny-hr2{suffix}")
+    card_path = folder / "ctca-tiny-hr2.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {"below_baseline": {"high_resolution": "Dice 0.1 with this stage against 0.7 without"}}
+    card_path.write_text(json.dumps(card))
+    labels = _small_labels(tmp_path)
+    for extra, expected in (([], 0), (["--hr-model", str(card_path)], 1)):
+        assert cli_main(["synthesize", "--labels", str(labels), "--out", str(tmp_path / f"ct{expected}.nii.gz"),
+                         "--model", "ctca-tiny-lr3", "--steps", "1", "--seed", "1", "--progress", "json", *extra]) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        warned = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"
+                  and "below its baseline" in e["message"]]
+        assert len(warned) == expected and all("ctca-tiny-hr2" in w and "Dice 0.1" in w for w in warned), warned
