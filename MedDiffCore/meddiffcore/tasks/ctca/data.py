@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ...errors import ConfigError
 from ...io.volume import geometry_from_spacing
 from .config import CTCAConfig, hu_to_model
