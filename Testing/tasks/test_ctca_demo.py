@@ -76,6 +76,37 @@ def test_bundled_hr_model_verifies_is_small_and_its_card_records_training_and_fi
     assert "ctca-hr-demo" in listed and "patch stage" in listed["ctca-hr-demo"]
 
 
+def test_bundled_hr_model_keeps_to_its_reference_where_the_noise_hides_the_detail():
+    """One denoiser call on a held-out phantom's heart at 1 mm, the reference a perfect 2 mm result: at sigma 3
+    (the 1 mm detail drowned) the estimate must be about the reference, and at sigma 0.3 better than it. The
+    first bundled model (the CT itself as its target) ignored its reference: 220 HU off the phantom at sigma 3,
+    where the reference alone is 37 HU off, so its samples lost the anatomy."""
+    from meddiffcore.diffusion.denoisers import predict
+    from meddiffcore.tasks.ctca.config import hu_to_model, model_to_hu
+    from meddiffcore.tasks.ctca.data import low_resolution_reference
+    from meddiffcore.tasks.ctca.model import condition
+
+    torch.set_num_threads(1)
+    model = load_ctca_model("ctca-hr-demo")
+    ph = make_phantom(100000, model.shape, model.spacing_mm)
+    labels, ct = ph.labels.array, ph.ct.array.astype(np.float32)
+    reference = low_resolution_reference(ct, model.card.task_config["reference_spacing_mm"] / model.spacing_mm)
+    region = (slice(48, 80), slice(64, 96), slice(64, 96))  # the heart, with coronaries
+    segmap = condition(labels, "patch", reference, region)[None]
+    target = hu_to_model(ct[region])
+    variable = target if model.residual_scale is None else model.residual_scale * (target - reference[region])
+    ref_error = float(np.abs(model_to_hu(reference[region]) - ct[region]).mean())
+    generator = torch.Generator().manual_seed(0)
+    errors = {}
+    for sigma in (3.0, 0.3):
+        x = torch.as_tensor(variable)[None, None] + sigma * torch.randn((1, 1, 32, 32, 32), generator=generator)
+        with torch.no_grad():
+            out = predict(model.denoiser(1.0), x, torch.tensor([sigma]), segmap=segmap)
+        estimate = model.to_image(out.x0[0, 0].numpy(), reference[region])
+        errors[sigma] = float(np.abs(model_to_hu(estimate) - ct[region]).mean())
+    assert errors[3.0] < 1.5 * ref_error and errors[0.3] < ref_error, (errors, ref_error)
+
+
 def test_bundled_hr_model_refines_a_small_label_map_end_to_end(monkeypatch, tmp_path, capsys):
     """meddiff synthesize --hr-model ctca-hr-demo --steps 2 with the bundled models: a CT on the input's grid, the
     patch stage recorded in the job's settings, different from the low-resolution result alone (same seed)."""
@@ -93,8 +124,9 @@ def test_bundled_hr_model_refines_a_small_label_map_end_to_end(monkeypatch, tmp_
         events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         warned = [e["message"] for e in events if e["event"] == "log" and e.get("level") == "warning"
                   and "below its baseline" in e["message"]]
-        # the card says the demo patch stage loses to the LR result alone: said whenever it runs, never otherwise
-        assert len(warned) == (0 if name == "lr" else 1) and all("ctca-hr-demo" in w for w in warned), warned
+        # the retrained patch stage beats the LR result alone on its card's figures: no below-baseline warning
+        # (the warning itself: test_ctca_hr_stage.py::test_a_patch_model_below_its_baseline_is_warned_whenever_it_runs)
+        assert warned == [], warned
     (line,) = [e["message"] for e in events if e["event"] == "log" and e["message"].startswith("settings: ")]
     settings = json.loads(line[len("settings: "):])
     lr_stage, hr_stage = settings["stages"]

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from ...errors import ConfigError
 from ...nets import UNetConfig
 from ...train import TrainConfig
 
@@ -44,6 +45,28 @@ class DiffusionConfig:
     steps: int = 25
     guidance: float = 1.0
     """Default guidance scale: 1 = the conditional model alone, 0 = unconditional, > 1 stronger."""
+    target: Literal["image", "residual"] = "image"
+    """What the network denoises: the CT itself ("image"), or, for the patch stage only, the scaled residual
+    ``residual_scale * (CT - low-resolution reference)`` ("residual"): the reference carries the anatomy at
+    every noise level and the network adds only the 1 mm detail (a small network trained briefly cannot
+    reproduce the reference from the noise by itself; see the ctca-hr-demo card)."""
+    residual_scale: float = 8.0
+    """target = "residual": the residual (~0.04 of the window in standard deviation for 2 mm -> 1 mm) times this
+    is about the spread the noise schedule was designed for."""
+
+    start_sigma: float | None = None
+    """Sampling starts at this noise level (sigma space; Karras spacing down to the smallest training sigma) instead
+    of the top of the schedule. For a residual model: its variable (scaled residual, ~0.3 in standard deviation) is
+    almost pure noise already at sigma 1, and the estimates of a small network above it are no more than clamped
+    noise that the few steps left cannot wash out (measured on the ctca-hr-demo card). None: the whole schedule."""
+
+    def __post_init__(self) -> None:
+        if self.start_sigma is not None and not (isinstance(self.start_sigma, (int, float)) and self.start_sigma > 0):
+            raise ConfigError(f"start_sigma must be > 0 or left out, got {self.start_sigma!r}", "1.0 suits a residual model")
+        if self.target not in ("image", "residual"):
+            raise ConfigError(f"unknown diffusion target {self.target!r}", "use 'image' or 'residual'")
+        if not (isinstance(self.residual_scale, (int, float)) and self.residual_scale > 0):
+            raise ConfigError(f"residual_scale must be > 0, got {self.residual_scale!r}", "8 suits 2 mm -> 1 mm")
 
 
 @dataclass
@@ -79,3 +102,8 @@ class CTCAConfig:
         spade_hidden=8))
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.diffusion.target == "residual" and self.stage != "patch":
+            raise ConfigError("diffusion.target = 'residual' needs a reference: it is for the patch stage only",
+                              "use target = 'image' for a low-resolution model")

@@ -6,20 +6,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ...errors import ConfigError
+from ...io.volume import geometry_from_spacing
 from .config import CTCAConfig, hu_to_model
 from .model import condition
 
 
 def low_resolution_reference(ct_hu: np.ndarray, factor: float) -> np.ndarray:
-    """What the LR stage sees of a CT: averaged down by ``factor`` and linearly back up, in [-1, 1]."""
+    """What the patch stage is given of a CT at inference, in [-1, 1]: a perfect low-resolution result (the mean
+    of every ``factor``-cubed block: the voxels of the coarse grid that :func:`.grid.synthesis_grid` puts over the
+    same box) resampled back linearly exactly as :func:`.synthesis.high_resolution` resamples the LR stage's
+    result, so training and inference see the reference at the same place (coarse voxel ``j``'s centre is fine
+    index ``factor * j + (factor - 1) / 2``)."""
     if factor <= 1.0:
         return hu_to_model(ct_hu)
-    small = ndimage.zoom(ndimage.uniform_filter(ct_hu.astype(np.float32), size=int(round(factor))), 1.0 / factor, order=1)
-    back = ndimage.zoom(small, np.array(ct_hu.shape) / np.array(small.shape), order=1)
-    return hu_to_model(back[tuple(slice(0, n) for n in ct_hu.shape)])
+    f = int(round(factor))
+    if abs(f - factor) > 1e-6 or any(n % f for n in ct_hu.shape):
+        raise ConfigError(f"the patch stage's reference needs a whole spacing ratio dividing the training grid, got "
+                          f"ratio {factor:g} for grid {'x'.join(map(str, ct_hu.shape))}",
+                          "pick reference_spacing_mm a whole multiple of spacing_mm and a shape divisible by it")
+    from .grid import resample
+
+    coarse_shape = tuple(n // f for n in ct_hu.shape)
+    blocks = ct_hu.astype(np.float32).reshape(coarse_shape[0], f, coarse_shape[1], f, coarse_shape[2], f)
+    coarse = hu_to_model(blocks.mean(axis=(1, 3, 5)))
+    fine_grid = geometry_from_spacing((1.0, 1.0, 1.0))
+    coarse_grid = geometry_from_spacing((float(f),) * 3, ((f - 1) / 2.0,) * 3)
+    return resample(coarse, coarse_grid, fine_grid, ct_hu.shape, order=1, mode="nearest")
 
 
 class CTCADataset(torch.utils.data.Dataset):
@@ -88,5 +102,8 @@ class CTCADataset(torch.utils.data.Dataset):
             starts = [int(torch.randint(0, n - c + 1, ()).item()) for n, c in zip(ct.shape, cfg.data.crop)]
             region = tuple(slice(s, s + c) for s, c in zip(starts, cfg.data.crop))
         segmap = condition(labels, cfg.stage, reference, region)
-        x = torch.as_tensor(hu_to_model(ct[region]))[None]
+        x = hu_to_model(ct[region])
+        if cfg.diffusion.target == "residual":
+            x = cfg.diffusion.residual_scale * (x - reference[region])
+        x = torch.as_tensor(x)[None]
         return {"x": x.contiguous(), "segmap": segmap.contiguous()}

@@ -244,6 +244,7 @@ def evaluate_high_resolution(model_ref: str, hr_model_ref: str, *, phantoms: int
                      "grid": list(hr.shape), "spacing_mm": spacing},
         "settings": {"lr": {"sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance},
                      "hr": {"sampler": hr_settings.sampler, "steps": hr_settings.steps, "guidance": hr_settings.guidance,
+                            "start_sigma": hr.start_sigma, "target": hr.card.diffusion.get("target", "image"),
                             "patch": stage["patch"], "overlap": stage["overlap"], "patches": stage["patches"]},
                      "seed": seed},
         "dice": {k: _mean_dicts([a["dice"] for a in v]) for k, v in scores.items()},
@@ -275,7 +276,8 @@ def format_high_resolution(f: dict) -> str:
     lines = [f"models {f['model']} + {f['hr_model']}: {f['held_out']['phantoms']} held-out phantoms x "
              f"{f['held_out']['samples_per_phantom']} samples at {f['held_out']['spacing_mm']:g} mm; "
              f"LR {s['lr']['sampler']} {s['lr']['steps']} steps guidance {s['lr']['guidance']:g}, "
-             f"HR {s['hr']['sampler']} {s['hr']['steps']} steps guidance {s['hr']['guidance']:g}, "
+             f"HR {s['hr']['sampler']} {s['hr']['steps']} steps guidance {s['hr']['guidance']:g}"
+             + (f" from sigma {s['hr']['start_sigma']:g}" if s['hr'].get('start_sigma') is not None else "") + ", "
              f"{s['hr']['patches']} patches of {'x'.join(map(str, s['hr']['patch']))}"]
     lines.append(f"{'':<20}{'LR only':>10}{'LR + HR':>10}{'phantom':>10}")
     for name in f["dice"]["phantom_ct"]:

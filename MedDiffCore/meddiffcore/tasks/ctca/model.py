@@ -22,6 +22,8 @@ import torch
 
 from ...config import to_dict
 from ...diffusion import ClassifierFreeGuidance, NoiseSchedule, VPDenoiser, clip_x0
+from ...diffusion.denoisers import DenoiserOutput, eps_from_x0, predict
+from ...diffusion.schedules import KARRAS_RHO
 from ...errors import ModelError
 from ...models import ModelCard, load_model
 from ...nets import UNet, UNetConfig
@@ -65,6 +67,31 @@ def condition(labels_zyx: np.ndarray, stage: str, reference: np.ndarray | None =
     return torch.cat(parts)
 
 
+class PatchCondition:
+    """The patch stage's SPADE map of a whole fine grid, built patch by patch: ``self[:, :, z, y, x]`` (slices)
+    equals ``condition(labels, "patch", reference)[None][:, :, z, y, x]`` without the whole map ever existing.
+    The whole map is 13 float32 channels (52 bytes) per voxel, 416 MB for a 200 mm field of view at 1 mm; this
+    keeps the uint8 labels and the float32 reference (5 bytes per voxel). :class:`.patches.PatchedDenoiser`
+    cuts it like a tensor of the sample's number of dims."""
+
+    ndim = 5
+
+    def __init__(self, labels_zyx: np.ndarray, reference: np.ndarray, device: torch.device | str = "cpu") -> None:
+        if reference.shape != labels_zyx.shape:
+            raise ValueError("the patch stage needs a reference on the label grid")
+        self.labels, self.reference = labels_zyx, np.asarray(reference, dtype=np.float32)
+        self.device = torch.device(device)
+        self.shape = (1, cond_channels("patch")) + tuple(labels_zyx.shape)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = index if isinstance(index, tuple) else (index,)
+        batch, channels, region = index[:1], index[1:2], index[2:]
+        if batch != (slice(None),) or channels != (slice(None),) or len(region) != 3 \
+                or not all(isinstance(r, slice) for r in region):
+            raise IndexError("a PatchCondition is cut as [:, :, z, y, x] with slices")
+        return condition(self.labels, "patch", self.reference, tuple(region))[None].to(self.device)
+
+
 def drop_condition(segmap: torch.Tensor, stage: str) -> torch.Tensor:
     """The unconditional SPADE map: labels (and reference) zeroed, positions kept."""
     out = segmap.clone()
@@ -99,7 +126,9 @@ def model_card(config: CTCAConfig) -> ModelCard:
         network=config.network.to_dict(),
         diffusion={"schedule": schedule_of(config).to_dict(), "prediction": "eps", "learned_variance": True,
                    "loss": "hybrid", "vb_weight": d.vb_weight, "cond_drop_prob": d.cond_drop_prob,
-                   "sampler": d.sampler, "steps": d.steps, "guidance": d.guidance},
+                   "sampler": d.sampler, "steps": d.steps, "guidance": d.guidance, "target": d.target,
+                   **({"residual_scale": d.residual_scale} if d.target == "residual" else {}),
+                   **({"start_sigma": d.start_sigma} if d.start_sigma is not None else {})},
         task_config={"stage": config.stage, "labels": label_table(), "label_names": label_names(), "hu_window": list(HU_WINDOW),
                      "spacing_mm": config.data.spacing_mm, "shape": list(config.data.shape),
                      "crop": None if config.data.crop is None else list(config.data.crop),
@@ -119,6 +148,22 @@ class CTCAModel:
     spacing_mm: float
     shape: tuple[int, int, int]
     hu_window: tuple[float, float]
+    residual_scale: float | None = None
+    """Patch stage trained on the residual from its reference (card ``diffusion.target = "residual"``): the
+    network denoises ``residual_scale * (CT - reference)``; None: it denoises the CT itself."""
+    start_sigma: float | None = None
+    """Card ``diffusion.start_sigma``: the noise level sampling starts from (None: the top of the schedule)."""
+
+    def sampling_sigmas(self, steps: int) -> torch.Tensor:
+        """The (steps + 1,) descending sigmas this model samples with, ending with 0: the schedule's (Karras
+        spacing), or Karras spacing from :attr:`start_sigma` down to the smallest training sigma."""
+        if self.start_sigma is None:
+            return self.schedule.sampling_sigmas(steps)
+        lo = float(self.schedule.train_sigmas[0])
+        hi = max(float(self.start_sigma), lo)
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        sig = (hi ** (1 / KARRAS_RHO) + ramp * (lo ** (1 / KARRAS_RHO) - hi ** (1 / KARRAS_RHO))) ** KARRAS_RHO
+        return torch.cat([sig, sig.new_zeros(1)])
 
     @property
     def fov_mm(self) -> np.ndarray:
@@ -128,10 +173,36 @@ class CTCAModel:
         """The guided denoiser ``D(x, sigma, segmap=...)``; ``guidance`` is applied as given (see ClassifierFreeGuidance).
 
         The estimate is clamped to the HU window ([-1, 1]) after guidance, as guided-diffusion's ``clip_denoised``:
-        at the largest noise levels an eps model's x0 is its eps error times sigma, far outside the data."""
+        at the largest noise levels an eps model's x0 is its eps error times sigma, far outside the data.
+        A residual model's estimate is clamped so that reference + residual stays in the window."""
         base = VPDenoiser(self.net, self.schedule, prediction="eps", learned_variance=True)
         stage = self.stage
-        return clip_x0(ClassifierFreeGuidance(base, guidance, {"segmap": lambda s: drop_condition(s, stage)}))
+        guided = ClassifierFreeGuidance(base, guidance, {"segmap": lambda s: drop_condition(s, stage)})
+        return clip_x0(guided) if self.residual_scale is None else ClipResidual(guided, self.residual_scale)
+
+    def to_image(self, x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """The CT in model units from a sample of this model's diffusion variable (``reference``: the patch
+        stage's reference on the same grid; unused for an image model)."""
+        if self.residual_scale is None:
+            return x
+        return np.clip(reference + x / self.residual_scale, -1.0, 1.0)
+
+
+class ClipResidual:
+    """A residual denoiser's estimate clamped to ``[(-1 - ref) s, (1 - ref) s]``: reference + residual / s in
+    [-1, 1], the residual counterpart of :func:`clip_x0` (``ref``: the reference channel of the segmap)."""
+
+    def __init__(self, denoiser, scale: float) -> None:
+        self.denoiser, self.scale = denoiser, float(scale)
+
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> DenoiserOutput:
+        out = predict(self.denoiser, x, sigma, **cond)
+        ref = cond["segmap"][:, NUM_CLASSES: NUM_CLASSES + 1].to(x.dtype)
+        x0 = torch.maximum(torch.minimum(out.x0, (1.0 - ref) * self.scale), (-1.0 - ref) * self.scale)
+        return DenoiserOutput(x0=x0, eps=eps_from_x0(x, x0, sigma), var_interp=out.var_interp)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        return self.predict(x, sigma, **cond).x0
 
 
 def load_ctca_model(ref: str, device: torch.device | str = "cpu") -> CTCAModel:
@@ -146,8 +217,14 @@ def load_ctca_model(ref: str, device: torch.device | str = "cpu") -> CTCAModel:
         net = UNet(net_cfg)
         net.load_state_dict(tensors)
         schedule = NoiseSchedule.from_dict(card.diffusion["schedule"])
+        target = card.diffusion.get("target", "image")
+        if target not in ("image", "residual") or (target == "residual" and stage != "patch"):
+            raise ModelError(f"model '{card.name}' has diffusion target {target!r} for a '{stage}' model",
+                             "re-export the model (the residual target is for the patch stage only)")
         model = CTCAModel(card, net.to(device).eval().requires_grad_(False), schedule, stage, float(tc["spacing_mm"]),
-                          tuple(int(n) for n in tc["shape"]), tuple(float(v) for v in tc["hu_window"]))
+                          tuple(int(n) for n in tc["shape"]), tuple(float(v) for v in tc["hu_window"]),
+                          float(card.diffusion["residual_scale"]) if target == "residual" else None,
+                          None if card.diffusion.get("start_sigma") is None else float(card.diffusion["start_sigma"]))
     except ModelError:
         raise
     except Exception as exc:

@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...io import Volume
 from .config import hu_to_model, model_to_hu
 from .grid import resample, resample_labels, synthesis_grid
-from .model import CTCAModel, condition
+from .model import CTCAModel, PatchCondition, condition
 from .patches import PatchedDenoiser, choose_patching
 
 
@@ -62,6 +62,7 @@ class SynthesisRecord:
 
 
 def _sample(denoiser, shape, segmap: torch.Tensor, settings: SynthesisSettings, schedule, generator, device, callback):
+    """``schedule``: anything with ``sampling_sigmas(steps)`` (a noise schedule, or a CTCAModel: its card's start)."""
     sigmas = schedule.sampling_sigmas(settings.steps).to(device)
     x = initial_noise(shape, sigmas, generator, device=device)
     return get_sampler(settings.sampler)(denoiser, x, sigmas, callback=callback, generator=generator, cond={"segmap": segmap})
@@ -116,25 +117,26 @@ def high_resolution(model: CTCAModel, labels: Volume, lr_ijk_to_ras: np.ndarray,
                     record: SynthesisRecord | None = None, patch=None, max_batch: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Sample the patch stage on a fine grid covering ``labels``, conditioned on the LR result resampled onto
-    that grid (voxel-aligned) and on position channels; all patches are denoised together and blended."""
+    that grid (voxel-aligned) and on position channels; all patches are denoised together and blended. The
+    condition is built for each patch batch (:class:`.model.PatchCondition`), never for the whole grid."""
     ijk_to_ras, shape = synthesis_grid(labels, model.spacing_mm, model.net.config.size_multiple)
     lab = resample_labels(labels.array, labels.ijk_to_ras, ijk_to_ras, shape)
     reference = resample(lr, lr_ijk_to_ras, ijk_to_ras, shape, order=1, mode="nearest")
-    segmap = condition(lab, "patch", reference)[None].to(device)
+    segmap = PatchCondition(lab, reference, device)  # built patch by patch: never the whole 13-channel map
     trained = tuple(model.card.task_config.get("crop") or model.shape)
     auto_patch, auto_batch = choose_patching(shape, trained, model.net.config.size_multiple, device,
                                              activation_bytes_per_voxel(model, settings.guidance))
     patch = tuple(patch or auto_patch)
     overlap = tuple(max(1, int(round(p * settings.overlap_fraction))) for p in patch)
     patched = PatchedDenoiser(model.denoiser(settings.guidance), patch, overlap, max_batch or auto_batch)
-    x = _sample(patched, (1, 1) + shape, segmap, settings, model.schedule, generator, device, callback)
+    x = _sample(patched, (1, 1) + shape, segmap, settings, model, generator, device, callback)
     if record is not None:
         record.network_evaluations += network_evaluations(settings.sampler, settings.steps)
         record.stages.append({"stage": "patch", "model": model.card.name, "grid": list(shape),
                               "spacing_mm": model.spacing_mm, "patch": list(patch), "overlap": list(overlap),
                               "patches": len(patched.regions(shape)), "network_calls": patched.calls,
                               "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance})
-    return ijk_to_ras, x[0, 0].float().cpu().numpy()
+    return ijk_to_ras, model.to_image(x[0, 0].float().cpu().numpy(), reference)
 
 
 def synthesize(labels: Volume, model: CTCAModel, settings: SynthesisSettings, *, hr_model: CTCAModel | None = None,
