@@ -42,6 +42,14 @@ KARRAS_RHO = 7.0
 KARRAS_SIGMA_MAX = 80.0
 
 
+def karras_sigmas(hi, lo, steps: int) -> torch.Tensor:
+    """``steps`` float64 sigmas from ``hi`` down to ``lo`` (floats or 0-d tensors), spaced evenly in
+    ``sigma^(1/rho)`` (Karras et al., rho = :data:`KARRAS_RHO`); no trailing 0."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    top, bottom = hi ** (1 / KARRAS_RHO), lo ** (1 / KARRAS_RHO)
+    return (top + ramp * (bottom - top)) ** KARRAS_RHO
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     """A training noise schedule, VP (discrete betas) or VE (geometric sigmas).
@@ -191,9 +199,7 @@ class NoiseSchedule:
         if spacing == "karras":
             prefix = train[-1:] if train[-1] > KARRAS_SIGMA_MAX else train[:0]
             top = min(KARRAS_SIGMA_MAX, float(train[-1]))
-            ramp = torch.linspace(0, 1, steps - len(prefix), dtype=torch.float64)
-            lo, hi = train[0] ** (1 / KARRAS_RHO), top ** (1 / KARRAS_RHO)
-            sig = torch.cat([prefix, (hi + ramp * (lo - hi)) ** KARRAS_RHO])
+            sig = torch.cat([prefix, karras_sigmas(top, train[0], steps - len(prefix))])
         elif not self.is_vp:
             sig = torch.exp(torch.linspace(math.log(train[-1]), math.log(train[0]), steps, dtype=torch.float64))
         elif spacing == "uniform":

@@ -23,7 +23,7 @@ import torch
 from ...config import to_dict
 from ...diffusion import ClassifierFreeGuidance, NoiseSchedule, VPDenoiser, clip_x0
 from ...diffusion.denoisers import DenoiserOutput, eps_from_x0, predict
-from ...diffusion.schedules import KARRAS_RHO
+from ...diffusion.schedules import karras_sigmas
 from ...errors import ModelError
 from ...models import ModelCard, load_model
 from ...nets import UNet, UNetConfig
@@ -161,8 +161,7 @@ class CTCAModel:
             return self.schedule.sampling_sigmas(steps)
         lo = float(self.schedule.train_sigmas[0])
         hi = max(float(self.start_sigma), lo)
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        sig = (hi ** (1 / KARRAS_RHO) + ramp * (lo ** (1 / KARRAS_RHO) - hi ** (1 / KARRAS_RHO))) ** KARRAS_RHO
+        sig = karras_sigmas(hi, lo, steps)
         return torch.cat([sig, sig.new_zeros(1)])
 
     @property
