@@ -27,15 +27,20 @@ from .tpdm import SamplerResult
 def sample_fast(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor, shape: tuple[int, int, int],
                 sigmas: list[float], *, K: float = 2.0, cg_iters: int = 5, gamma: float = 0.0, eta: float = 0.85,
                 generator: torch.Generator | None = None, callback: Callable[[dict], None] | None = None,
-                x_start: Tensor | None = None) -> SamplerResult:
+                x_start: Tensor | Callable[[], Tensor] | None = None) -> SamplerResult:
     """``x_start``: start from this image plus noise ``sigmas[0]`` (a truncated schedule refining a classical
-    reconstruction) instead of from pure noise."""
+    reconstruction) instead of from pure noise; a function that makes the image lets the sampler hold its only
+    reference, freed once the noise is added (one volume fewer through the sampling than a tensor the caller keeps).
+
+    The volumes alive through a step: the prior's pass holds ``x`` (its eps written over it) and x0_hat; CG adds its
+    own working set."""
     start = time.perf_counter()
     device = y.device
     gen = generator
     x = torch.randn(shape, generator=gen, device=device).mul_(sigmas[0])
     if x_start is not None:
-        x.add_(x_start.to(device).reshape(shape))
+        x.add_((x_start() if callable(x_start) else x_start).to(device).reshape(shape))
+        del x_start
     primary.evaluations = auxiliary.evaluations = 0
     total = len(sigmas) - 1
     choice_rng = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=device)))
@@ -43,7 +48,8 @@ def sample_fast(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
         s, sn = sigmas[i], sigmas[i + 1]
         which = choose_prior(i, K, choice_rng)
         prior = primary if which == "primary" else auxiliary
-        x0_hat, eps = prior.predict(x, s)
+        x0_hat, eps = prior.predict(x, s, overwrite=True)  # eps is x's storage now
+        del x
         x0 = data_consistency_cg(problem, y, x0_hat, cg_iters, gamma)
         if callback is not None:
             callback({"i": i, "total": total, "sigma": s, "prior": which})
@@ -52,7 +58,7 @@ def sample_fast(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
             break
         c2 = eta * eta * ancestral_variances(s, sn)[0]
         # x0 + a eps + c z in place: x0 and eps are this step's own (the prior's and CG's results, or x0_hat itself)
-        del x, x0_hat
+        del x0_hat
         x = x0.add_(eps.mul_(math.sqrt(max(sn * sn - c2, 0.0))))
         del x0, eps
         x.add_(torch.randn(x.shape, generator=gen, device=device).mul_(math.sqrt(c2)))

@@ -44,7 +44,6 @@ def call_pixels(network: Any = None, budget: int = CALL_BYTES) -> int:
 
 DEFAULT_PIXELS = call_pixels()
 
-
 @dataclass
 class VolumePrior:
     """``denoiser``: a sigma-space 2D denoiser; ``plane``: which slices it was trained on; ``chunk``: at most this
@@ -84,9 +83,16 @@ class VolumePrior:
         out = predict(self.denoiser, part, sig)
         return out.x0[:, 0, :h, :w], out.eps[:, 0, :h, :w]
 
-    def predict(self, x: Tensor, sigma: float, with_grad: bool = False) -> tuple[Tensor, Tensor]:
+    def predict(self, x: Tensor, sigma: float, with_grad: bool = False,
+                overwrite: bool = False) -> tuple[Tensor, Tensor]:
         """(Z, Y, X) volume at noise ``sigma`` -> (x0_hat, eps_hat) volumes, in calls of
-        :meth:`slices_per_call` slices written straight into the two result volumes (no copy of a list of parts)."""
+        :meth:`slices_per_call` slices written straight into the two result volumes (no copy of a list of parts).
+
+        ``overwrite`` (no gradient only): eps_hat is written over ``x`` itself, a block of slices once its call has
+        read it, and ``x`` is returned as eps_hat: a caller that needs ``x`` no more (the fast sampler) holds two
+        volumes through the pass instead of three. The values are the same."""
+        if overwrite and with_grad:
+            raise ValueError("overwrite needs no gradient: the graph saves the network's input")
         self.evaluations += 1
         slices = to_slices(x, self.plane)
         n, h, w = slices.shape
@@ -98,12 +104,13 @@ class VolumePrior:
             return from_slices(x0s, self.plane), from_slices(epss, self.plane)
         with ctx:
             x0 = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-            eps = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+            eps = x if overwrite else torch.empty(x.shape, device=x.device, dtype=x.dtype)
             x0s, epss = to_slices(x0, self.plane), to_slices(eps, self.plane)
-            for start in range(0, n, step):
+            for start in range(0, n, step):  # a block's results are written after its call: its input is read
                 part_x0, part_eps = self.call(slices[start:start + step], sigma)
                 x0s[start:start + step] = part_x0
                 epss[start:start + step] = part_eps
+                del part_x0, part_eps
         return x0, eps
 
 

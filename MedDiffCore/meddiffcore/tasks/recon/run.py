@@ -248,13 +248,15 @@ def _solve(model, problem, y: torch.Tensor, shape: tuple[int, int, int], s: Sett
         if s.start == "iterative":
             top = min(s.start_sigma, sig_max)
             sigmas = [float(v) for v in np.geomspace(top, min(sig_min, top), s.steps)] + [0.0]
-            x_start = problem.start_image(y).to(y.real.dtype if y.is_complex() else y.dtype)
+
+            def x_start() -> torch.Tensor:  # made inside the sampler, which then holds its only reference
+                return problem.start_image(y).to(y.real.dtype if y.is_complex() else y.dtype)
             reporter.log(f"fast mode refines the iterative baseline from sigma {top:g}")
         else:
             sigmas = [float(v) for v in model.schedule.sampling_sigmas(s.steps)]
         result = sample_fast(primary, auxiliary, problem, y, shape, sigmas, K=s.K, cg_iters=s.cg_iters, gamma=s.gamma,
                              eta=s.eta, generator=gen, callback=callback, x_start=x_start)
-        if x_start is not None and s.final_tv > 0 and hasattr(problem, "iterative"):
+        if s.start == "iterative" and s.final_tv > 0 and hasattr(problem, "iterative"):
             result.x = problem.iterative(y, start=result.x, outer=s.final_tv)
     if not bool(torch.isfinite(result.x).all()):
         raise ModelError(f"the {s.mode} reconstruction diverged (non-finite values); nothing was written",
@@ -307,7 +309,8 @@ def _read_angles(path: str) -> np.ndarray:
 
 
 def ct_problem_from_job(job: Job, model, device):
-    """(problem, y in [0, 1] units, shape, template Volume for the output, ground truth or None)."""
+    """(problem, y in [0, 1] units, shape, template Volume for the output). A simulated job's ground truth is
+    not returned: it would stay alive, a volume, through the whole reconstruction."""
     from ...io import Volume, read_volume
     from ...physics import ParallelBeam
     from .problems import CTProblem
@@ -336,7 +339,7 @@ def ct_problem_from_job(job: Job, model, device):
         if noise > 0:
             g = torch.Generator(device=device).manual_seed(1234)
             y = y + noise * y.abs().mean() * torch.randn(y.shape, generator=g, device=device)
-        return problem, y, tuple(arr.shape), geometry_template(vol), x_true
+        return problem, y, tuple(arr.shape), geometry_template(vol)
     if "sinogram" not in job.inputs or "angles" not in job.inputs:
         raise ConfigError("a CT job needs inputs 'sinogram' and 'angles', or 'volume' to simulate from",
                           "use --sinogram S --angles A, or --simulate-from VOLUME --views N")
@@ -364,7 +367,7 @@ def ct_problem_from_job(job: Job, model, device):
     geo[:3, :3] = direction * np.array([sp[0], sp[0], sp[2]])[None, :]
     geo[:3, 3] = m[:3, 3] - geo[:3, 0] * (size // 2) - geo[:3, 1] * (size // 2)
     template = Volume(np.zeros((sino.shape[0], size, size), np.float32), geo, {})
-    return CTProblem(beam), y, (sino.shape[0], size, size), template, None
+    return CTProblem(beam), y, (sino.shape[0], size, size), template
 
 
 def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
@@ -380,7 +383,7 @@ def run_ct(job: Job, reporter: Reporter) -> dict[str, str]:
 
     if filt not in FILTERS:
         raise ConfigError(f"unknown FBP filter '{filt}'", f"use one of {', '.join(FILTERS)}")
-    problem, y, shape, template, _ = ct_problem_from_job(job, model, device)
+    problem, y, shape, template = ct_problem_from_job(job, model, device)
     s = settings_from(job.params, model.card.task_config.get("defaults", {}), ("views", len(problem.beam.angles_deg)))
     x, info = _solve(model, problem, y, shape, s, job, reporter, device)
     _warn(reporter, card_warnings(model, "ct", problem.beam.n_angles, s.mode), info)
