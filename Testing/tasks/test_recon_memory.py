@@ -288,3 +288,49 @@ def test_a_recon_job_holds_two_volumes_through_its_network_calls(tmp_path, monke
     assert read_volume(tmp_path / "out.nii.gz").shape == shape
     assert len(live.counts) >= 3 * 4  # 3 steps of at least 4 calls each
     assert max(live.counts) <= (2.0 if modality == "ct" else 4.0), live.counts
+
+
+class GradRecordingDenoiser(torch.nn.Module):
+    """A per-slice differentiable denoiser (x0 = tanh(w x) / (1 + sigma^2), each slice on its own) that records the
+    batch of each call made with gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.3))
+        self.grad_calls: list[int] = []
+
+    def forward(self, x, sigma, **cond):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_calls.append(x.shape[0])
+        return torch.tanh(self.w * x) / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+
+def test_dps_gradient_one_call_graph_at_a_time_equals_the_whole_graph():
+    """``predict_and_gradient`` (TPDM's DPS step: one network call's graph at a time) gives the x0_hat, eps_hat and
+    gradient of one graph over the whole pass, with the bundled network on padded slices along both planes and with
+    a CT data term; its gradient calls take a quarter of the pixels of a call without gradient."""
+    from meddiffcore.physics import ParallelBeam
+    from meddiffcore.tasks.recon.priors import GRAD_MEMORY_FACTOR
+    from meddiffcore.tasks.recon.problems import CTProblem
+
+    torch.manual_seed(0)
+    model = load_recon_model("recon-ct-demo")
+    x = torch.rand(6, 30, 30)
+    problem = CTProblem(ParallelBeam.uniform(30, 6))
+    y = problem.forward(torch.rand(6, 30, 30))
+    loss = lambda x0: 0.5 * (problem.forward(x0) - y).pow(2).sum()  # noqa: E731
+    for plane_prior in model.prior_pair():
+        whole = VolumePrior(plane_prior.denoiser, plane_prior.plane, plane_prior.size_multiple, pixels=10**9)
+        xg = x.clone().requires_grad_(True)
+        x0, eps = whole.predict(xg, 0.3, with_grad=True)
+        (expected,) = torch.autograd.grad(loss(x0), xg)
+        parts = VolumePrior(plane_prior.denoiser, plane_prior.plane, plane_prior.size_multiple, chunk=2)
+        got = parts.predict_and_gradient(x, 0.3, loss)
+        for a, b in zip((x0.detach(), eps.detach(), expected), got):
+            assert b.shape == x.shape and not b.requires_grad
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    denoiser = GradRecordingDenoiser()
+    prior = VolumePrior(denoiser, "axial", pixels=8 * 32 * 32)
+    assert prior.slices_per_call(32, 32, grad=True) == int(8 / GRAD_MEMORY_FACTOR) == 2
+    prior.predict_and_gradient(torch.rand(7, 32, 32), 0.5, lambda x0: x0.sum())
+    assert denoiser.grad_calls == [2, 2, 2, 1]

@@ -86,15 +86,9 @@ def sample_tpdm(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
             e = langevin_step_sizes(score, z, prior.plane, snr)
             x = x + e * score + (2 * e).sqrt() * z
         dps = which == "primary" and lam > 0
-        if dps:
-            xg = x.detach().requires_grad_(True)
-            x0, eps = prior.predict(xg, s, with_grad=True)
-            with torch.enable_grad():
-                r = problem.forward(x0) - y
-                loss = 0.5 * (r.abs() ** 2).sum()
-                (grad,) = torch.autograd.grad(loss, xg)
+        if dps:  # the gradient of 1/2 ||A x0_hat(x) - y||^2, one network call's graph at a time
+            x0, eps, grad = prior.predict_and_gradient(x, s, lambda x0: 0.5 * (problem.forward(x0) - y).abs().pow(2).sum())
             grads += 1
-            x0, eps = x0.detach(), eps.detach()
         else:
             x0, eps = prior.predict(x, s)
         if callback is not None:
@@ -154,14 +148,13 @@ def sample_tpdm_authors(primary: VolumePrior, auxiliary: VolumePrior, problem, y
     def score_and_dps(prior: VolumePrior, x_in: Tensor, s: float, dps: bool) -> tuple[Tensor, Tensor | None]:
         if not dps:
             return -prior.predict(x_in, s)[1] / s, None
-        xg = x_in.detach().requires_grad_(True)
-        x0, eps_hat = prior.predict(xg, s, with_grad=True)
-        with torch.enable_grad():
+        def loss(x0: Tensor) -> Tensor:
             r = problem.forward(x0) - y
             groups = max(1, math.ceil(r.shape[0] / batch))
-            loss = sum(part.abs().pow(2).sum().sqrt() for part in torch.tensor_split(r, groups))
-            (grad,) = torch.autograd.grad(loss, xg)
-        return (-eps_hat / s).detach(), grad
+            return sum(part.abs().pow(2).sum().sqrt() for part in torch.tensor_split(r, groups))
+
+        _, eps_hat, grad = prior.predict_and_gradient(x_in, s, loss)  # one network call's graph at a time
+        return -eps_hat / s, grad
 
     for i in range(steps):
         s, g2 = float(sigmas[i]), float(variances[i])
