@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .operator import LinearOperator, apply_normal, conjugate_gradient
+from .operator import LinearOperator, apply_normal, conjugate_gradient, solver_blocks
 
 
 def image_gradient(x: Tensor) -> Tensor:
@@ -52,15 +52,23 @@ def normal_norm(op: LinearOperator, shape: tuple[int, ...], device=None, dtype=t
     """Largest eigenvalue of ``A^T A`` (power iteration from a fixed random start)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(shape, generator=g, dtype=dtype).to(device)
-    v = v / v.norm()
+    v = v.div_(v.norm())
     lam = 1.0
+    blocks = solver_blocks(op, tuple(shape))
     for _ in range(iters):
-        w = op.adjoint(op.forward(v))
-        w = w.real if w.is_complex() else w
+        if len(blocks) == 1:
+            w = op.adjoint(op.forward(v))
+            w = w.real if w.is_complex() else w
+        else:  # a per-slice operator block by block: two volumes and a block's temporaries
+            w = torch.empty_like(v)
+            for part in blocks:
+                out = op.adjoint(op.forward(v[part]))
+                w[part] = out.real if out.is_complex() else out
         lam = float(w.norm())
         if lam <= 0:
             return 1.0
-        v = w / lam
+        del v
+        v = w.div_(lam)  # w is this iteration's own
     return lam
 
 
@@ -74,6 +82,13 @@ def tv_least_squares(op: LinearOperator, y: Tensor, x0: Tensor, lam: float, oute
     magnitude images are never negative).
     """
     per_item = getattr(op, "cg_per_item", True)
+    blocks = solver_blocks(op, tuple(x0.shape))
+    if len(blocks) > 1:  # per-slice: block by block (the same iterates), ||A^T A|| of the whole batch
+        big = normal if normal is not None else normal_norm(op, tuple(x0.shape), x0.device, x0.dtype)
+        out = torch.empty_like(x0)
+        for part in blocks:
+            out[part] = tv_least_squares(op, y[part], x0[part], lam, outer, inner, eps, nonnegative, big)
+        return out
 
     def normal_op(v: Tensor) -> Tensor:
         out = apply_normal(op, v)

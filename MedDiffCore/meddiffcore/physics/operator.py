@@ -16,6 +16,28 @@ class LinearOperator(Protocol):
     def adjoint(self, y: Tensor) -> Tensor: ...
 
 
+SOLVER_BLOCK_ELEMENTS = 1 << 22
+"""Pixels per block of slices for the per-slice solvers (16 slices of 512^2): CG data consistency and the TV
+baseline run block by block, so their working set is a block's, not the volume's."""
+
+
+def solver_blocks(op: LinearOperator, shape: tuple[int, ...]) -> list[slice]:
+    """Blocks of items along axis 0 of at most :data:`SOLVER_BLOCK_ELEMENTS` pixels each, for an operator that acts
+    on each item separately (``cg_per_item``, the default); one block for an operator that couples them.
+
+    A per-item solver gives the same iterates on a block as on the whole batch: each item has its own step sizes,
+    and an item whose residual has vanished stops moving, so stopping a block once all its items are done is what
+    the whole batch does to them."""
+    n = shape[0]
+    if not getattr(op, "cg_per_item", True) or len(shape) < 2:
+        return [slice(0, n)]
+    pixels = 1
+    for d in shape[1:]:
+        pixels *= int(d)
+    step = max(1, SOLVER_BLOCK_ELEMENTS // max(1, pixels))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Real part of the inner product per batch item: ``(B,)``."""
     if a.is_complex() or b.is_complex():
@@ -79,6 +101,12 @@ def data_consistency_cg(op: LinearOperator, y: Tensor, x_init: Tensor, iters: in
     item of axis 0 separately (see :func:`conjugate_gradient`)."""
     if iters <= 0:
         return x_init
+    blocks = solver_blocks(op, tuple(x_init.shape))
+    if len(blocks) > 1:  # block by block into one result: the working set of a block (same iterates)
+        out = torch.empty_like(x_init)
+        for part in blocks:
+            out[part] = data_consistency_cg(op, y[part], x_init[part], iters, gamma)
+        return out
     b = op.adjoint(y) + gamma * x_init
     def apply(v: Tensor) -> Tensor:  # A^T A v + gamma v with one volume-sized temporary fewer
         normal, scaled = apply_normal(op, v), gamma * v

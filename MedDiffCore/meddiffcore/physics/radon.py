@@ -174,7 +174,7 @@ class ParallelBeam:
         """Filtered back-projection (scikit-image ``iradon``'s scaling, ``pi / (2 n_angles)``)."""
         squeeze = y.ndim == 4
         sino = y[:, 0] if squeeze else y
-        img = self.adjoint(filter_sinogram(sino, filter_name)) * (math.pi / (2 * self.n_angles))
+        img = self.adjoint(filter_sinogram(sino, filter_name)).mul_(math.pi / (2 * self.n_angles))  # adjoint's own
         return img[:, None] if squeeze else img
 
     def check_sinogram(self, sino_shape: tuple[int, ...]) -> None:
