@@ -26,6 +26,7 @@ the sampler's working set does not grow with the steps. The full-size memory run
 
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --steps 2 --tasks ctca ct mri
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --ctca-steps 4
+    OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --steps 2 --hr-model ctca-hr-demo
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 0.25 --tasks ctca ctp ct mri
     python Testing/Benchmarks/clinical_sizes.py --scale 1 --device cuda
 
@@ -171,6 +172,21 @@ if window != tuple(lr):  # the job's windowed call: all windows of one step, in 
 segmap = condition(np.zeros(lr, np.uint8), "lr")[None].to(device)
 with torch.no_grad():
     denoiser(torch.zeros((1, 1) + tuple(lr), device=device), torch.ones(1, device=device), segmap=segmap)
+if "{hr}":  # the job's high-resolution stage: one denoising step over all its patches, in the job's batches
+    from meddiffcore.tasks.ctca.model import PatchCondition
+    from meddiffcore.tasks.ctca.synthesis import SynthesisSettings
+    hr = load_ctca_model("{hr}", device)
+    settings = SynthesisSettings.of_model(hr)
+    fine, shape = synthesis_grid(Volume(np.broadcast_to(np.uint8(0), header.shape[::-1]), header.affine),
+                                 hr.spacing_mm, hr.net.config.size_multiple)
+    trained = tuple(hr.card.task_config.get("crop") or hr.shape)
+    patch, batch = choose_patching(shape, trained, hr.net.config.size_multiple, device,
+                                   activation_bytes_per_voxel(hr, settings.guidance))
+    overlap = tuple(max(1, int(round(p * settings.overlap_fraction))) for p in patch)
+    patched = PatchedDenoiser(hr.denoiser(settings.guidance), patch, overlap, batch)
+    cond = PatchCondition(np.zeros(shape, np.uint8), np.zeros(shape, np.float32), device)
+    with torch.no_grad():
+        patched(torch.zeros((1, 1) + tuple(shape), device=device), torch.ones(1, device=device), segmap=cond)
 """,
     "recon": """
 import torch
@@ -196,10 +212,11 @@ load_for_inference(DEFAULT_MODEL, torch.device("{device}"))
 }
 
 
-def engine_working_set(env: dict, task: str, src: Path, device: str) -> int | None:
-    """Peak RSS of :data:`ENGINE_CODE` for ``task``: what the job needs whatever its data (None if it failed)."""
+def engine_working_set(env: dict, task: str, src: Path, device: str, hr_model: str | None = None) -> int | None:
+    """Peak RSS of :data:`ENGINE_CODE` for ``task``: what the job needs whatever its data (None if it failed);
+    ``hr_model``: the CTCA job's high-resolution stage too."""
     code = ENGINE_CODE["ctca" if task == "ctca" else "ctp" if task == "ctp" else "recon"]
-    return _peak_of(code.format(src=src, device=device, task=task), env)
+    return _peak_of(code.format(src=src, device=device, task=task, hr=hr_model or ""), env)
 
 
 def job_times(events: list[dict]) -> tuple[float | None, float | None]:
@@ -281,6 +298,9 @@ def main() -> None:
                         help="sampling steps for ctca, ct and mri (default: each card's; memory needs only a few, the "
                              "share of time outside the network needs the card's)")
     parser.add_argument("--ctca-steps", type=int, default=None, help="sampling steps of ctca alone (over --steps)")
+    parser.add_argument("--hr-model", default=None,
+                        help="ctca: also run this high-resolution stage (e.g. ctca-hr-demo); --steps/--ctca-steps "
+                             "then apply to both stages, and the engine runs one step of each")
     parser.add_argument("--keep", default=None, help="keep inputs and outputs in this folder")
     args = parser.parse_args()
 
@@ -298,6 +318,8 @@ def main() -> None:
             cli = ["synthesize", "--labels", str(src), "--out", str(out)]
             if args.ctca_steps or args.steps:
                 cli += ["--steps", str(args.ctca_steps or args.steps)]
+            if args.hr_model:
+                cli += ["--hr-model", args.hr_model]
             module = "meddiffcore.tasks.ctca.run"
         elif task == "ctp":
             src = make_ctp(folder, args.scale)
@@ -320,7 +342,7 @@ def main() -> None:
         print(f"{task}: input {src.name} made in {time.perf_counter() - made:.1f} s; running meddiff {' '.join(cli[:1])}",
               flush=True)
         floor = engine_rss(env, module)
-        working = engine_working_set(env, task, src, args.device)
+        working = engine_working_set(env, task, src, args.device, args.hr_model if task == "ctca" else None)
         result = run_child(cli, env)
         if result["rc"] != 0:
             print(f"  failed (exit {result['rc']}): {result['stderr'].strip()[-600:]}")
@@ -333,6 +355,10 @@ def main() -> None:
         rows.append((task, src, in_b, out_b, result, floor, working, steps, job_s, net_s, warnings))
         print("  " + HEADER + "\n  ", end="")
         print_row(*rows[-1])  # as soon as the job is done: a long run keeps what it measured
+        for e in result["events"]:  # what the job says it ran (CTCA: each stage's grid, patches and network calls)
+            if e.get("event") == "log" and str(e.get("message", "")).startswith("settings: {") and task == "ctca":
+                for stage in json.loads(e["message"][len("settings: "):]).get("stages", []):
+                    print(f"      stage: {json.dumps(stage)}")
     print()
     print(HEADER)
     for row in rows:
