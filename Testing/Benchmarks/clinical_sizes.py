@@ -26,7 +26,8 @@ the sampler's working set does not grow with the steps. The full-size memory run
 
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --steps 2 --tasks ctca ct mri
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --ctca-steps 4
-    OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --steps 2 --hr-model ctca-hr-demo
+    OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 1 --tasks ctca --steps 2 \
+        --hr-model ctca-hr-demo
     OMP_NUM_THREADS=2 python Testing/Benchmarks/clinical_sizes.py --scale 0.25 --tasks ctca ctp ct mri
     python Testing/Benchmarks/clinical_sizes.py --scale 1 --device cuda
 

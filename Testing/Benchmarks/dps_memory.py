@@ -69,7 +69,8 @@ def main() -> None:
         print(f"  {way:>8}: peak +{r['peak_mb']:.0f} MB ({r['peak_mb'] * 2**20 / pixels:.0f} bytes per pixel), "
               f"{r['seconds']:.1f} s")
     print(f"  per-call / whole: memory {rows['per-call']['peak_mb'] / rows['whole']['peak_mb']:.2f}x, time "
-          f"{rows['per-call']['seconds'] / rows['whole']['seconds']:.2f}x; gradients differ by {diff:.1e} (max, relative)")
+          f"{rows['per-call']['seconds'] / rows['whole']['seconds']:.2f}x; gradients differ by {diff:.1e} "
+          "(max, relative)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .operator import LinearOperator, apply_normal, conjugate_gradient, solver_blocks
+from .operator import LinearOperator, apply_normal, conjugate_gradient, in_blocks, solver_blocks
 
 
 def image_gradient(x: Tensor) -> Tensor:
@@ -55,15 +55,12 @@ def normal_norm(op: LinearOperator, shape: tuple[int, ...], device=None, dtype=t
     v = v.div_(v.norm())
     lam = 1.0
     blocks = solver_blocks(op, tuple(shape))
-    for _ in range(iters):
-        if len(blocks) == 1:
-            w = op.adjoint(op.forward(v))
-            w = w.real if w.is_complex() else w
-        else:  # a per-slice operator block by block: two volumes and a block's temporaries
-            w = torch.empty_like(v)
-            for part in blocks:
-                out = op.adjoint(op.forward(v[part]))
-                w[part] = out.real if out.is_complex() else out
+    def normal(part: slice) -> Tensor:
+        w = op.adjoint(op.forward(v[part]))
+        return w.real if w.is_complex() else w
+
+    for _ in range(iters):  # a per-slice operator block by block: two volumes and a block's temporaries
+        w = normal(slice(None)) if len(blocks) == 1 else in_blocks(blocks, v, normal)
         lam = float(w.norm())
         if lam <= 0:
             return 1.0
@@ -85,10 +82,8 @@ def tv_least_squares(op: LinearOperator, y: Tensor, x0: Tensor, lam: float, oute
     blocks = solver_blocks(op, tuple(x0.shape))
     if len(blocks) > 1:  # per-slice: block by block (the same iterates), ||A^T A|| of the whole batch
         big = normal if normal is not None else normal_norm(op, tuple(x0.shape), x0.device, x0.dtype)
-        out = torch.empty_like(x0)
-        for part in blocks:
-            out[part] = tv_least_squares(op, y[part], x0[part], lam, outer, inner, eps, nonnegative, big)
-        return out
+        return in_blocks(blocks, x0, lambda part: tv_least_squares(op, y[part], x0[part], lam, outer, inner, eps,
+                                                                   nonnegative, big))
 
     def normal_op(v: Tensor) -> Tensor:
         out = apply_normal(op, v)

@@ -41,6 +41,14 @@ def solver_blocks(op: LinearOperator, shape: tuple[int, ...]) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def in_blocks(blocks: list[slice], like: Tensor, solve: Callable[[slice], Tensor]) -> Tensor:
+    """``solve(block)`` for each block of items, written into one result shaped and typed like ``like``."""
+    out = torch.empty_like(like)
+    for part in blocks:
+        out[part] = solve(part)
+    return out
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Real part of the inner product per batch item: ``(B,)``."""
     if a.is_complex() or b.is_complex():
@@ -106,10 +114,7 @@ def data_consistency_cg(op: LinearOperator, y: Tensor, x_init: Tensor, iters: in
         return x_init
     blocks = solver_blocks(op, tuple(x_init.shape))
     if len(blocks) > 1:  # block by block into one result: the working set of a block (same iterates)
-        out = torch.empty_like(x_init)
-        for part in blocks:
-            out[part] = data_consistency_cg(op, y[part], x_init[part], iters, gamma)
-        return out
+        return in_blocks(blocks, x_init, lambda part: data_consistency_cg(op, y[part], x_init[part], iters, gamma))
     b = op.adjoint(y) + gamma * x_init
     def apply(v: Tensor) -> Tensor:  # A^T A v + gamma v with one volume-sized temporary fewer
         normal, scaled = apply_normal(op, v), gamma * v

@@ -87,7 +87,8 @@ def sample_tpdm(primary: VolumePrior, auxiliary: VolumePrior, problem, y: Tensor
             x = x + e * score + (2 * e).sqrt() * z
         dps = which == "primary" and lam > 0
         if dps:  # the gradient of 1/2 ||A x0_hat(x) - y||^2, one network call's graph at a time
-            x0, eps, grad = prior.predict_and_gradient(x, s, lambda x0: 0.5 * (problem.forward(x0) - y).abs().pow(2).sum())
+            x0, eps, grad = prior.predict_and_gradient(
+                x, s, lambda x0: 0.5 * (problem.forward(x0) - y).abs().pow(2).sum())
             grads += 1
         else:
             x0, eps = prior.predict(x, s)
